@@ -1,0 +1,52 @@
+"""The public entry point: arcattn.attention(...)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .backends import create_backends
+from .call import make_call
+from .dispatch import Router
+
+_router: Optional[Router] = None
+
+
+def get_router() -> Router:
+    """The process-wide router (created on first use, so importing arcattn probes nothing)."""
+    global _router
+    if _router is None:
+        _router = Router(create_backends())
+    return _router
+
+
+def set_router(router: Optional[Router]) -> None:
+    """Replace the process-wide router (tests, or a host that wants its own settings); None recreates it."""
+    global _router
+    _router = router
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: Optional[int] = None,
+              layout: Optional[str] = None, out_layout: Optional[str] = None,
+              mask: Optional[torch.Tensor] = None, scale: Optional[float] = None, causal: bool = False,
+              return_lse: bool = False, backend: Optional[str] = None):
+    """softmax(q k^T * scale + mask) v, served by the fastest backend that can.
+
+    Layouts: "bsd" = (B, S, H*D) with `heads` (ComfyUI/Forge/diffusers style), "bhsd" = (B, H, S, D),
+    "bshd" = (B, S, H, D). Default: "bsd" for 3-D inputs, "bhsd" for 4-D. The output comes in `out_layout`
+    (default: the input layout). `mask`: bool (True = attend) or float (added to the scores), 2-D/3-D/4-D,
+    broadcastable to (B, H, Sq, Sk). `causal` is top-left aligned. `return_lse` also returns the fp32
+    log-sum-exp, shape (B, H, Sq). `backend` forces one backend and raises if it cannot serve the call.
+    """
+    call = make_call(q, k, v, heads=heads, layout=layout, out_layout=out_layout, mask=mask, scale=scale,
+                     causal=causal, want_lse=return_lse)
+    return get_router().run(call, prefer=backend, strict=backend is not None)
+
+
+def telemetry() -> dict:
+    """Calls served and passed on per backend, with reasons (see Router.telemetry)."""
+    return get_router().telemetry()
+
+
+def reset_telemetry() -> None:
+    get_router().reset()

@@ -1,0 +1,105 @@
+"""torch.nn.functional.scaled_dot_product_attention: the backend that serves everything.
+
+On Intel XPU, torch's math path materialises the (B, H, Sq, Sk) score matrix, and Arc cannot make a single
+allocation over 4 GB (sd15 at 1024 px: 8 heads x 16384^2 fp16 = 4.3 GB). So there the query dimension is cut
+into chunks whose score matrix fits `max_alloc_bytes`. Chunking a call that torch would have served with a
+fused kernel costs little (each chunk is still large), so the rule is simply "the score matrix would not fit".
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..call import AttentionCall
+from .base import Backend
+
+DEFAULT_MAX_ALLOC = 1 << 30  # well under Arc's 4 GB: the math path holds scores and their softmax at once
+
+
+class SDPABackend(Backend):
+    name = "sdpa"
+    description = "torch scaled_dot_product_attention (universal fallback; query-chunked on XPU)"
+    is_fallback = True
+    device_types = ("cpu", "cuda", "xpu", "mps")
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    max_head_dim = 1 << 30
+    supports_mask = supports_causal = supports_lse = supports_dv_ne_d = True
+
+    def __init__(self, max_alloc_bytes: Optional[int] = None, chunk_devices: tuple = ("xpu",)):
+        env = os.environ.get("ARCATTN_SDPA_MAX_ALLOC_MB")
+        if max_alloc_bytes is None:
+            max_alloc_bytes = int(float(env) * (1 << 20)) if env else DEFAULT_MAX_ALLOC
+        self.max_alloc_bytes = max(1, int(max_alloc_bytes))
+        self.chunk_devices = tuple(chunk_devices)
+
+    def unsupported_reasons(self, call: AttentionCall) -> list:
+        return []  # the fallback takes every valid call
+
+    def chunk_rows(self, call: AttentionCall) -> Optional[int]:
+        """Query rows per chunk, or None when the whole score matrix fits the budget."""
+        if call.device.type not in self.chunk_devices and not call.want_lse:
+            return None
+        row_bytes = call.B * call.H * call.Sk * max(4, call.q.element_size())
+        if row_bytes * call.Sq <= self.max_alloc_bytes:
+            return None
+        return max(1, self.max_alloc_bytes // row_bytes)
+
+    def run(self, call: AttentionCall):
+        rows = self.chunk_rows(call)
+        if call.want_lse:
+            return self._run_with_lse(call, rows or call.Sq)
+        q4, k4, v4 = call.q4, call.k4, call.v4
+        mask = _mask_for(call)
+        if rows is None:
+            o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, is_causal=call.causal and mask is None,
+                                               scale=call.scale)
+            return call.to_caller(o)
+        out, out4 = call.empty_out()
+        for i in range(0, call.Sq, rows):
+            j = min(i + rows, call.Sq)
+            out4[:, :, i:j] = F.scaled_dot_product_attention(q4[:, :, i:j], k4, v4, attn_mask=_rows(call, mask, i, j),
+                                                             scale=call.scale)
+        return out
+
+    def _run_with_lse(self, call: AttentionCall, rows: int):
+        # torch's SDPA does not return the log-sum-exp, so compute it explicitly, chunk by chunk, in fp32
+        q4, k4, v4 = call.q4, call.k4, call.v4
+        acc = torch.float64 if call.dtype == torch.float64 else torch.float32
+        kt, vf = k4.to(acc).transpose(-1, -2), v4.to(acc)
+        mask = _mask_for(call)
+        out, out4 = call.empty_out()
+        lse = torch.empty((call.B, call.H, call.Sq), dtype=torch.float32, device=call.device)
+        for i in range(0, call.Sq, rows):
+            j = min(i + rows, call.Sq)
+            s = (q4[:, :, i:j].to(acc) @ kt) * call.scale
+            m = _rows(call, mask, i, j)
+            if m is not None:
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(acc)
+            l = torch.logsumexp(s, dim=-1)
+            out4[:, :, i:j] = (torch.exp(s - l[..., None]) @ vf).to(call.dtype)
+            lse[:, :, i:j] = l
+        return out, lse
+
+
+def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
+    """The call's mask in a form SDPA takes (float masks in q's dtype), with causal folded in when both are set."""
+    mask = call.mask
+    if mask is not None and mask.dtype != torch.bool and mask.dtype != call.dtype:
+        mask = mask.to(call.dtype)
+    if call.causal and mask is not None:
+        keep = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()
+        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+    return mask
+
+
+def _rows(call: AttentionCall, mask: Optional[torch.Tensor], i: int, j: int) -> Optional[torch.Tensor]:
+    """Mask for query rows i:j (causal included when the call has no mask of its own)."""
+    if mask is not None:
+        return mask if mask.shape[-2] == 1 else mask[..., i:j, :]
+    if call.causal:
+        r = torch.arange(i, j, device=call.device)[:, None]
+        return torch.arange(call.Sk, device=call.device)[None, :] <= r
+    return None

@@ -1,0 +1,161 @@
+"""The router: which backend serves a call, decided once per call signature.
+
+Rule: a backend is eligible when it is available, not disabled, not marked broken for this signature, and has
+no reasons against the call. Among the eligible, the policy chooses (fixed priority by default; `chooser` can
+replace it, as measured tuning does). A fast backend that raises is logged, marked broken for (backend,
+signature) for the rest of the process, and the call is served by the fallback: the host never sees it.
+
+Per call the router costs one tuple, one dict lookup and one counter increment; telemetry is derived from the
+per-signature decisions only when somebody asks for it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Callable, Iterable, Optional
+
+from .backends.base import Backend
+from .call import AttentionCall
+
+log = logging.getLogger("arcattn")
+
+
+class BackendUnsupported(ValueError):
+    """A backend named explicitly through the public API cannot serve the call."""
+
+
+class Decision:
+    __slots__ = ("backend", "declined", "calls", "describe")
+
+    def __init__(self, backend: Backend, declined: list, describe: str):
+        self.backend = backend
+        self.declined = declined  # [(backend name, "reason; reason")] for available backends ahead of the choice
+        self.calls = 0
+        self.describe = describe
+
+
+def _env_list(name: str) -> set:
+    return {s.strip() for s in os.environ.get(name, "").split(",") if s.strip()}
+
+
+class Router:
+    def __init__(self, backends: Iterable[Backend], *, disabled: Optional[Iterable[str]] = None,
+                 prefer: Optional[str] = None, chooser: Optional[Callable] = None):
+        self.backends = list(backends)
+        fallbacks = [b for b in self.backends if b.is_fallback]
+        if not fallbacks:
+            raise ValueError("a router needs a fallback backend")
+        self.fallback = fallbacks[0]
+        self.disabled = set(_env_list("ARCATTN_DISABLE") if disabled is None else disabled)
+        self.disabled.discard(self.fallback.name)
+        self.prefer = prefer if prefer is not None else (os.environ.get("ARCATTN_BACKEND") or None)
+        self.chooser = chooser
+        self._decisions: dict = {}
+        self._broken: set = set()
+        self._failures: Counter = Counter()
+        self._logged: set = set()
+        self._retired: list = []  # decisions replaced after a failure; their counts still count
+
+    # -- lookup ---------------------------------------------------------------------------------------------
+    def backend(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(b.name for b in self.backends)}")
+
+    def names(self) -> list:
+        return [b.name for b in self.backends]
+
+    # -- the hot path ---------------------------------------------------------------------------------------
+    def run(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False):
+        """Serve `call`. `prefer` names a backend to try first; `strict` raises instead of falling back."""
+        dkey = (call.key, prefer, strict)
+        d = self._decisions.get(dkey)
+        if d is None:
+            d = self._decisions[dkey] = self.decide(call, prefer, strict)
+        d.calls += 1
+        b = d.backend
+        if strict or b is self.fallback:
+            return b.run(call)
+        try:
+            return b.run(call)
+        except Exception as e:  # noqa: BLE001 - any failure of a fast path must become a fallback
+            return self._failed(dkey, d, call, e)
+
+    # -- decisions ------------------------------------------------------------------------------------------
+    def decide(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False) -> Decision:
+        prefer = prefer or self.prefer
+        if prefer is not None:
+            b = self.backend(prefer)
+            why = b.unavailable_reason()
+            reasons = [why] if why else b.unsupported_reasons(call)
+            if strict and reasons:
+                raise BackendUnsupported(f"backend {prefer!r} cannot serve this call ({call.describe()}): "
+                                         + "; ".join(reasons))
+            if not reasons and (b.name, call.key) not in self._broken:
+                return Decision(b, [], call.describe())
+            declined = [(b.name, "; ".join(reasons) or "marked broken")] if b is not self.fallback else []
+            return self._log_decision(Decision(self.fallback, declined, call.describe()))
+        eligible, declined = [], []
+        for b in self.backends:
+            if b.name in self.disabled or not b.available():
+                continue
+            if (b.name, call.key) in self._broken:
+                declined.append((b.name, "marked broken after an error"))
+                continue
+            reasons = b.unsupported_reasons(call)
+            if reasons:
+                declined.append((b.name, "; ".join(reasons)))
+            else:
+                eligible.append(b)
+        choice = self.chooser(call, eligible) if self.chooser is not None and len(eligible) > 1 else eligible[0]
+        ahead = {b.name for b in self.backends[:self.backends.index(choice)]}
+        return self._log_decision(Decision(choice, [(n, r) for n, r in declined if n in ahead], call.describe()))
+
+    def _log_decision(self, d: Decision) -> Decision:
+        if log.isEnabledFor(logging.DEBUG):
+            extra = "".join(f"; {n} declined: {r}" for n, r in d.declined)
+            log.debug("route %s -> %s%s", d.describe, d.backend.name, extra)
+        return d
+
+    def _failed(self, dkey, d: Decision, call: AttentionCall, e: Exception):
+        name = d.backend.name
+        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        self._broken.add((name, call.key))
+        self._failures[(name, what)] += 1
+        d.calls -= 1  # the fallback served it, not this backend
+        self._retired.append(self._decisions.pop(dkey))
+        if (name, what) not in self._logged:
+            self._logged.add((name, what))
+            log.warning("backend %s failed on %s (%s); using %s for this shape from now on",
+                        name, call.describe(), what, self.fallback.name)
+        return self.fallback.run(call)
+
+    # -- telemetry ------------------------------------------------------------------------------------------
+    def telemetry(self) -> dict:
+        """Per backend: calls served, and calls it passed on (declined or failed), with the reasons."""
+        out = {}
+        for b in self.backends:
+            why = b.unavailable_reason()
+            out[b.name] = {"available": why is None, "unavailable_reason": why, "disabled": b.name in self.disabled,
+                           "served": 0, "declined": Counter(), "failed": Counter()}
+        for d in [*self._decisions.values(), *self._retired]:
+            out[d.backend.name]["served"] += d.calls
+            for name, reason in d.declined:
+                out[name]["declined"][reason] += d.calls
+        for (name, what), n in self._failures.items():
+            out[name]["failed"][what] += n
+            out[self.fallback.name]["served"] += n
+        for v in out.values():
+            v["declined"] = dict(v["declined"])
+            v["failed"] = dict(v["failed"])
+        return out
+
+    def reset(self) -> None:
+        """Forget decisions, broken marks and counts (backends keep their availability probes)."""
+        self._decisions.clear()
+        self._retired.clear()
+        self._broken.clear()
+        self._failures.clear()
+        self._logged.clear()
