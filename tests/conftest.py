@@ -11,6 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Without a GPU, Triton kernels run in the interpreter on CPU tensors. Triton reads this when a kernel is
+# defined, so it must be set before any arcattn kernel module is imported.
+if not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _fresh_router():

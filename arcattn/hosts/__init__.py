@@ -1,0 +1,1 @@
+"""Host adapters: ComfyUI, Forge (and its ldm_patched forks), diffusers."""

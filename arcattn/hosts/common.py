@@ -1,0 +1,64 @@
+"""The host-side wrapper shared by ComfyUI and Forge, whose attention functions share one signature:
+
+    f(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **kwargs)
+
+q/k/v are (B, N, heads*dim_head), or (B, heads, N, dim_head) with skip_reshape; the output is (B, Nq, heads*dim_head)
+unless skip_output_reshape. Whatever goes wrong inside arcattn, the host's original function serves the call:
+a generation is never lost because of the plugin.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Callable, Optional
+
+from ..api import get_router
+from ..call import make_call
+
+log = logging.getLogger("arcattn")
+
+
+class HostAttention:
+    """A drop-in for a host's attention function. `prefer` names a backend (None = router's choice);
+    `enabled=False` passes every call to `original` untouched."""
+
+    def __init__(self, original: Callable, host: str, *, prefer: Optional[str] = None, enabled: bool = True):
+        self.original = original
+        self.host = host
+        self.prefer = prefer
+        self.enabled = enabled
+        self.fallbacks: Counter = Counter()  # reason -> calls the host's original served
+        self.__name__ = f"arcattn_{host}_attention"
+        self.__qualname__ = self.__name__
+        self.__doc__ = f"arcattn attention for {host} (falls back to {getattr(original, '__name__', original)})"
+
+    def __call__(self, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                 skip_output_reshape=False, **kwargs):
+        if not self.enabled:
+            return self._original(q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
+        prefer = self.prefer
+        try:
+            if kwargs.get("low_precision_attention") is False:
+                prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
+            layout = "bhsd" if skip_reshape else "bsd"
+            call = make_call(q, k, v, heads=heads, layout=layout,
+                             out_layout="bhsd" if skip_output_reshape else "bsd",
+                             mask=mask, scale=kwargs.get("scale"))
+            return get_router().run(call, prefer=prefer)
+        except Exception as e:  # noqa: BLE001 - the host's own function takes over
+            return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
+
+    def _fallback(self, e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs):
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        if reason not in self.fallbacks:
+            log.warning("%s attention: arcattn could not serve a call (%s); the host's %s serves it",
+                        self.host, reason, getattr(self.original, "__name__", "original"))
+        self.fallbacks[reason] += 1
+        return self._original(q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
+
+    def _original(self, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs):
+        # Forge's signature has no skip_output_reshape: pass it on only when it was set
+        if skip_output_reshape:
+            kwargs["skip_output_reshape"] = True
+        return self.original(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                             **kwargs)
