@@ -49,7 +49,8 @@ class Router:
         self.fallback = fallbacks[0]
         self.disabled = set(_env_list("ARCATTN_DISABLE") if disabled is None else disabled)
         self.disabled.discard(self.fallback.name)
-        self.prefer = prefer if prefer is not None else (os.environ.get("ARCATTN_BACKEND") or None)
+        prefer = os.environ.get("ARCATTN_BACKEND", "") if prefer is None else prefer
+        self.prefer = None if prefer.strip() in ("", "auto") else prefer.strip()  # "" / "auto": the router decides
         self.chooser = chooser
         self._decisions: dict = {}
         self._broken: set = set()
@@ -85,8 +86,9 @@ class Router:
 
     # -- decisions ------------------------------------------------------------------------------------------
     def decide(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False) -> Decision:
-        prefer = prefer or self.prefer
-        if prefer is not None:
+        if prefer in (None, "", "auto"):
+            prefer = self.prefer
+        if prefer:
             b = self.backend(prefer)
             why = b.unavailable_reason()
             reasons = [why] if why else b.unsupported_reasons(call)
@@ -151,6 +153,11 @@ class Router:
             v["declined"] = dict(v["declined"])
             v["failed"] = dict(v["failed"])
         return out
+
+    def decisions(self) -> list:
+        """One entry per call signature seen: what it was, who served it, how often, who declined and why."""
+        return [{"call": d.describe, "backend": d.backend.name, "calls": d.calls, "declined": dict(d.declined)}
+                for d in [*self._decisions.values(), *self._retired]]
 
     def reset(self) -> None:
         """Forget decisions, broken marks and counts (backends keep their availability probes)."""

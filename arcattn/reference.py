@@ -34,8 +34,8 @@ def attention_reference(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *,
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere in `out` gives inf, so it can never pass."""
-    out = out.double()
-    ref = ref.double()
+    out = out.detach().double()
+    ref = ref.detach().double()
     if not torch.isfinite(out).all():
         return float("inf")
     return float((out - ref).norm() / ref.norm().clamp_min(1e-300))

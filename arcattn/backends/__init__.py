@@ -28,6 +28,9 @@ class Missing(Backend):
     def unsupported_reasons(self, call) -> list:
         return [self._reason]
 
+    def capabilities(self) -> dict:
+        return {}
+
 
 def create_backends() -> list:
     out = []

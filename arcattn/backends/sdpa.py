@@ -56,12 +56,15 @@ class SDPABackend(Backend):
         if rows is None:
             o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, is_causal=call.causal and mask is None,
                                                scale=call.scale)
+            if call.device.type == "cpu":
+                o = _propagate_query_nan(q4, o)
             return call.to_caller(o)
         out, out4 = call.empty_out()
         for i in range(0, call.Sq, rows):
             j = min(i + rows, call.Sq)
-            out4[:, :, i:j] = F.scaled_dot_product_attention(q4[:, :, i:j], k4, v4, attn_mask=_rows(call, mask, i, j),
-                                                             scale=call.scale)
+            o = F.scaled_dot_product_attention(q4[:, :, i:j], k4, v4, attn_mask=_rows(call, mask, i, j),
+                                               scale=call.scale)
+            out4[:, :, i:j] = _propagate_query_nan(q4[:, :, i:j], o) if call.device.type == "cpu" else o
         return out
 
     def _run_with_lse(self, call: AttentionCall, rows: int):
@@ -82,6 +85,13 @@ class SDPABackend(Backend):
             out4[:, :, i:j] = (torch.exp(s - l[..., None]) @ vf).to(call.dtype)
             lse[:, :, i:j] = l
         return out, lse
+
+
+def _propagate_query_nan(q4, o):
+    # torch's CPU flash kernel returns 0 for a query row holding NaN (k/v NaN do propagate); NaN in must give NaN
+    # out, never a plausible-looking row. On the CPU this O(S*D) check is noise next to the O(S^2*D) product.
+    bad = torch.isnan(q4).any(dim=-1, keepdim=True)
+    return o.masked_fill(bad, float("nan")) if bool(bad.any()) else o
 
 
 def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:

@@ -1,0 +1,149 @@
+"""ComfyUI adapter.
+
+Two ways in, both undoable:
+- Global patch (at node-package import): rebinds `comfy.ldm.modules.attention.optimized_attention` and
+  `optimized_attention_masked`, which `CrossAttention.forward` (SD1.x/SD2/SDXL UNet) looks up at call time, plus
+  any already-imported comfy module that copied them, and registers "arcattn" in the host's attention registry.
+  `ARCATTN_COMFYUI_PATCH=0` skips the rebinding.
+- Per model (the "Arc Attention" node): `transformer_options["optimized_attention_override"]`, which the host's
+  `wrap_attn` consults on every attention call, so it works with or without the global patch.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from .common import HostAttention
+
+log = logging.getLogger("arcattn")
+
+ATTENTION_MODULE = "comfy.ldm.modules.attention"
+ENV_PATCH = "ARCATTN_COMFYUI_PATCH"
+REGISTRY_NAME = "arcattn"
+
+_state: dict = {}  # "module", "originals": {(module, attr): original}, "registered": bool
+
+
+def _attention_module(module=None):
+    return module if module is not None else importlib.import_module(ATTENTION_MODULE)
+
+
+def is_patched() -> bool:
+    return bool(_state.get("originals"))
+
+
+def _wrap(mod, fn: Callable) -> Callable:
+    # Keep the host's override hook working on our function too (per-model nodes, other plugins).
+    wrap_attn = getattr(mod, "wrap_attn", None)
+    return wrap_attn(fn) if callable(wrap_attn) else fn
+
+
+def patch(module=None) -> bool:
+    """Rebind the host's attention functions to arcattn. All or nothing: on any error nothing is changed."""
+    if is_patched():
+        return True
+    mod = _attention_module(module)
+    orig = mod.optimized_attention
+    orig_masked = getattr(mod, "optimized_attention_masked", orig)
+    new = _wrap(mod, HostAttention(orig, "comfyui"))
+    new_masked = new if orig_masked is orig else _wrap(mod, HostAttention(orig_masked, "comfyui"))
+    targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
+    # Models that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy.
+    for name, other in list(sys.modules.items()):
+        if other is None or other is mod or not name.startswith("comfy"):
+            continue
+        for attr, o, n in (("optimized_attention", orig, new), ("optimized_attention_masked", orig_masked, new_masked)):
+            if getattr(other, attr, None) is o:
+                targets.append((other, attr, o, n))
+    done = []
+    try:
+        for target, attr, o, n in targets:
+            setattr(target, attr, n)
+            done.append((target, attr, o))
+    except Exception:
+        for target, attr, o in done:
+            setattr(target, attr, o)
+        raise
+    _state["module"] = mod
+    _state["originals"] = {(t, a): o for t, a, o in done}
+    log.info("ComfyUI attention patched: %d bindings now route through arcattn (was %s)",
+             len(done), getattr(orig, "__name__", orig))
+    return True
+
+
+def unpatch() -> None:
+    """Restore every binding `patch` changed."""
+    for (target, attr), o in _state.pop("originals", {}).items():
+        setattr(target, attr, o)
+    _state.pop("module", None)
+
+
+def register(module=None) -> bool:
+    """Register "arcattn" in the host's attention registry (hosts that have one)."""
+    mod = _attention_module(module)
+    reg = getattr(mod, "register_attention_function", None)
+    if not callable(reg) or REGISTRY_NAME in getattr(mod, "REGISTERED_ATTENTION_FUNCTIONS", {}):
+        return False
+    base = _state.get("originals", {}).get((mod, "optimized_attention"), mod.optimized_attention)
+    reg(REGISTRY_NAME, _wrap(mod, HostAttention(_unwrap_ours(base), "comfyui")))
+    _state["registered"] = True
+    return True
+
+
+def unregister(module=None) -> None:
+    if _state.pop("registered", False):
+        getattr(_attention_module(module), "REGISTERED_ATTENTION_FUNCTIONS", {}).pop(REGISTRY_NAME, None)
+
+
+def load(module=None) -> bool:
+    """What importing the node package does. Never raises: on failure ComfyUI stays as it was, one error logged."""
+    if module is None and "comfy" not in sys.modules and importlib.util.find_spec("comfy") is None:
+        log.debug("not running inside ComfyUI: nothing to patch")
+        return False
+    try:
+        if os.environ.get(ENV_PATCH, "1").strip().lower() not in ("0", "false", "no", "off"):
+            patch(module)
+        else:
+            log.info("%s=0: ComfyUI attention left as it is (the Arc Attention node still works per model)",
+                     ENV_PATCH)
+        register(module)
+        return True
+    except Exception as e:  # noqa: BLE001 - ComfyUI must always start
+        try:
+            unpatch()
+        except Exception:  # noqa: BLE001
+            pass
+        log.error("arcattn could not patch ComfyUI attention (%s: %s); ComfyUI runs unchanged", type(e).__name__, e)
+        return False
+
+
+def _unwrap_ours(fn: Callable) -> Callable:
+    """The host's own function behind our wrapper (or `fn` itself when it is not ours)."""
+    inner = getattr(fn, "__wrapped__", fn)
+    return inner.original if isinstance(inner, HostAttention) else fn
+
+
+def make_override(enabled: bool = True, backend: Optional[str] = None) -> Callable:
+    """An `optimized_attention_override(func, *args, **kwargs)` for transformer_options.
+
+    `func` is whatever attention function the model called (ours when the global patch is on). Disabled means the
+    host's own function, not ours; enabled routes through arcattn with `backend` preferred.
+    """
+    prefer = None if backend in (None, "", "auto") else backend
+    wrappers: dict = {}
+
+    def arcattn_override(func, *args, **kwargs):
+        base = func.original if isinstance(func, HostAttention) else func
+        if not enabled:
+            return base(*args, **kwargs)
+        w = wrappers.get(base)
+        if w is None:
+            w = wrappers[base] = HostAttention(base, "comfyui", prefer=prefer)
+        return w(*args, **kwargs)
+
+    arcattn_override.arcattn = {"enabled": enabled, "backend": backend or "auto"}
+    return arcattn_override

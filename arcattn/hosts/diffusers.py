@@ -1,0 +1,120 @@
+"""diffusers adapter: an attention processor for `UNet2DConditionModel.set_attn_processor`.
+
+SD1.x/SD2/SDXL UNets run every `Attention` module through a processor; diffusers' newer attention dispatcher does
+not reach them, so arcattn supplies its own processor. It follows the stock SDPA processor step for step (norms,
+projections, mask preparation, output projection, residual, rescale) and hands the (B, S, H*D) projections to
+arcattn without any reshaping of its own.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..api import get_router
+from ..call import make_call
+
+log = logging.getLogger("arcattn")
+
+_ORIGINALS_ATTR = "_arcattn_original_processors"
+
+
+class ArcAttnProcessor:
+    """Attention processor that routes the attention product through arcattn (SDPA if anything goes wrong)."""
+
+    def __init__(self, backend: Optional[str] = None):
+        self.backend = None if backend in (None, "", "auto") else backend
+        self._warned: set = set()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        image_shape = None
+        if hidden_states.ndim == 4:
+            image_shape = hidden_states.shape
+            b, c, h, w = image_shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, context_len = context.shape[0], context.shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, context_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        heads = attn.heads
+        if attn.norm_q is not None or attn.norm_k is not None:
+            # per-head norms need (B, H, S, D); hand arcattn that layout and take (B, S, H*D) back
+            d = key.shape[-1] // heads
+            query, key, value = (t.unflatten(-1, (heads, d)).transpose(1, 2) for t in (query, key, value))
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            layout = "bhsd"
+        else:
+            layout = "bsd"
+
+        out = self._attention(query, key, value, heads, layout, attention_mask, attn.scale)
+        out = out.to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if image_shape is not None:
+            out = out.transpose(-1, -2).reshape(image_shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _attention(self, q, k, v, heads, layout, mask, scale):
+        try:
+            call = make_call(q, k, v, heads=heads, layout=layout, out_layout="bsd", mask=mask, scale=scale)
+            return get_router().run(call, prefer=self.backend)
+        except Exception as e:  # noqa: BLE001 - a generation is never lost because of arcattn
+            what = f"{type(e).__name__}: {e}"
+            if what not in self._warned:
+                self._warned.add(what)
+                log.warning("diffusers attention: arcattn could not serve a call (%s); using torch SDPA", what)
+            if layout == "bsd":
+                q, k, v = (t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(1, 2) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            return o.transpose(1, 2).flatten(2)
+
+
+def _replaceable(processor) -> bool:
+    # Only the plain self/cross-attention processors: added-KV, IP-adapter, LoRA-style processors keep theirs.
+    return type(processor).__name__ in ("AttnProcessor2_0", "AttnProcessor", "ArcAttnProcessor")
+
+
+def enable(unet, backend: Optional[str] = None) -> int:
+    """Put arcattn's processor on every plain attention module of `unet`; returns how many. Undo with disable()."""
+    current = unet.attn_processors
+    if not hasattr(unet, _ORIGINALS_ATTR):
+        setattr(unet, _ORIGINALS_ATTR, dict(current))
+    proc = ArcAttnProcessor(backend)
+    new = {name: (proc if _replaceable(p) else p) for name, p in current.items()}
+    n = sum(1 for p in new.values() if p is proc)
+    unet.set_attn_processor(new)  # consumes the dict
+    log.info("diffusers: arcattn serves %d of %d attention modules", n, len(new))
+    return n
+
+
+def disable(unet) -> None:
+    """Restore the processors `enable` replaced."""
+    originals = getattr(unet, _ORIGINALS_ATTR, None)
+    if originals is not None:
+        unet.set_attn_processor(dict(originals))
+        delattr(unet, _ORIGINALS_ATTR)

@@ -1,0 +1,40 @@
+"""ComfyUI node: "Arc Attention" (MODEL -> MODEL) turns arcattn on or off per model and picks the backend."""
+from __future__ import annotations
+
+try:  # loaded as part of the node package (ComfyUI) or as a plain module (tests)
+    from ._loader import load_arcattn
+except ImportError:
+    from _loader import load_arcattn
+
+BACKEND_CHOICES = ["auto", "xmx", "triton", "sdpa"]
+
+
+class ArcAttention:
+    """Route this model's attention through arcattn (or, disabled, through ComfyUI's own attention)."""
+
+    DESCRIPTION = ("Arc Attention: routes this model's attention through arcattn (native XMX on Arc B-series, "
+                   "Triton flash attention, SDPA fallback). 'auto' picks the fastest backend that can serve each "
+                   "shape; a named backend is used where it can serve the call, SDPA elsewhere.")
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = "advanced/attention"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "enabled": ("BOOLEAN", {"default": True, "label_on": "arcattn", "label_off": "ComfyUI attention"}),
+            "backend": (BACKEND_CHOICES, {"default": "auto"}),
+        }}
+
+    def apply(self, model, enabled: bool = True, backend: str = "auto"):
+        comfyui = load_arcattn().hosts.comfyui
+        m = model.clone()
+        opts = m.model_options.setdefault("transformer_options", {})
+        opts = m.model_options["transformer_options"] = dict(opts)  # never share the dict with the source model
+        opts["optimized_attention_override"] = comfyui.make_override(enabled=enabled, backend=backend)
+        return (m,)
+
+
+NODE_CLASS_MAPPINGS = {"ArcAttention": ArcAttention}
+NODE_DISPLAY_NAME_MAPPINGS = {"ArcAttention": "Arc Attention"}

@@ -1,0 +1,67 @@
+"""Run inside a ComfyUI checkout (path in argv[1]): a small real UNetModel gives the same output with arcattn
+patched in as without it, and arcattn's telemetry shows it served the self- and cross-attention calls.
+Prints one JSON line. Used by tests/test_comfyui_real.py in a subprocess (ComfyUI parses sys.argv)."""
+import json
+import os
+import sys
+
+comfy_root, repo_root = sys.argv[1], sys.argv[2]
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, comfy_root)
+
+import torch  # noqa: E402
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import comfy.cli_args  # noqa: E402,F401
+import comfy.ldm.modules.attention as attention  # noqa: E402
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+
+# An SD1.5-shaped UNet, scaled down: 8 heads, cross-attention on a 77-token context
+torch.manual_seed(1234)
+unet = UNetModel(image_size=32, in_channels=4, model_channels=64, out_channels=4, num_res_blocks=1,
+                 channel_mult=(1, 2), num_heads=8, use_spatial_transformer=True, transformer_depth=[1, 1],
+                 transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1], context_dim=96,
+                 use_linear_in_transformer=True, dtype=torch.float32)
+with torch.no_grad():
+    for p in unet.parameters():
+        p.normal_(0.0, 0.05)
+unet.eval()
+x = torch.randn(2, 4, 16, 16)
+t = torch.tensor([10.0, 500.0])
+ctx = torch.randn(2, 77, 96)
+host_function = attention.optimized_attention.__name__
+
+with torch.no_grad():
+    before = unet(x, timesteps=t, context=ctx)
+
+# what ComfyUI does with a custom node folder: import its __init__.py as a package
+import importlib.util  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("arcattn_node", os.path.join(repo_root, "__init__.py"),
+                                              submodule_search_locations=[repo_root])
+pkg = importlib.util.module_from_spec(spec)
+sys.modules["arcattn_node"] = pkg
+spec.loader.exec_module(pkg)
+import arcattn  # noqa: E402
+
+with torch.no_grad():
+    after = unet(x, timesteps=t, context=ctx)
+decisions = arcattn.get_router().decisions()
+rel = float((after - before).double().norm() / before.double().norm())
+
+# the node, per model, through transformer_options (ComfyUI's wrap_attn hook)
+arcattn.reset_telemetry()
+override = arcattn.hosts.comfyui.make_override(enabled=True, backend="sdpa")
+with torch.no_grad():
+    via_node = unet(x, timesteps=t, context=ctx, transformer_options={"optimized_attention_override": override})
+node_rel = float((via_node - before).double().norm() / before.double().norm())
+node_served = sum(d["calls"] for d in arcattn.get_router().decisions())
+
+arcattn.hosts.comfyui.unpatch()
+restored = attention.optimized_attention.__name__
+print(json.dumps({"host_function": host_function, "patched_rel_error": rel, "decisions": decisions,
+                  "node_rel_error": node_rel, "node_served": node_served, "restored": restored,
+                  "registered": "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS,
+                  "node_classes": sorted(pkg.NODE_CLASS_MAPPINGS)}))

@@ -1,0 +1,157 @@
+"""Public API: argument checks with clear errors, and float64-reference correctness of the sdpa backend."""
+import math
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.reference import attention_reference, rel_error
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def rand(gen, *shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def to4(t, layout, heads):
+    if layout == "bsd":
+        return t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(1, 2)
+    return t if layout == "bhsd" else t.transpose(1, 2)
+
+
+def from4(t4, layout):
+    if layout == "bsd":
+        return t4.transpose(1, 2).flatten(2)
+    return t4 if layout == "bhsd" else t4.transpose(1, 2)
+
+
+def make(gen, layout, B, H, Sq, Sk, D, dtype=torch.float32, Dv=None):
+    Dv = Dv or D
+    q4, k4, v4 = rand(gen, B, H, Sq, D, dtype=dtype), rand(gen, B, H, Sk, D, dtype=dtype), rand(gen, B, H, Sk, Dv, dtype=dtype)
+    return q4, k4, v4, from4(q4, layout).contiguous(), from4(k4, layout).contiguous(), from4(v4, layout).contiguous()
+
+
+@pytest.mark.parametrize("layout", ["bsd", "bhsd", "bshd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("B,H,Sq,Sk,D", [(1, 8, 64, 64, 40), (2, 5, 33, 77, 64), (1, 2, 1, 1, 160), (2, 3, 17, 5, 72)])
+def test_sdpa_matches_reference(rng, layout, dtype, B, H, Sq, Sk, D):
+    q4, k4, v4, q, k, v = make(rng, layout, B, H, Sq, Sk, D, dtype)
+    out = arcattn.attention(q, k, v, heads=H, layout=layout, backend="sdpa")
+    assert out.shape == q.shape[:-1] + (q.shape[-1],) if layout == "bsd" else out.shape == from4(q4, layout).shape
+    ref, _ = attention_reference(q4, k4, v4)
+    assert rel_error(to4(out, layout, H), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("mask_kind", ["bool2d", "bool4d", "float3d", "float4d_heads"])
+def test_sdpa_masks(rng, mask_kind):
+    B, H, Sq, Sk, D = 2, 4, 19, 23, 32
+    q4, k4, v4, q, k, v = make(rng, "bsd", B, H, Sq, Sk, D)
+    if mask_kind == "bool2d":
+        mask = torch.rand(Sq, Sk, generator=rng) > 0.3
+        mask[:, 0] = True  # no fully masked rows
+        m4 = mask[None, None]
+    elif mask_kind == "bool4d":
+        mask = torch.rand(B, 1, Sq, Sk, generator=rng) > 0.3
+        mask[..., 0] = True
+        m4 = mask
+    elif mask_kind == "float3d":
+        mask = torch.randn(B, Sq, Sk, generator=rng)
+        m4 = mask[:, None]
+    else:
+        mask = torch.randn(B, H, 1, Sk, generator=rng)
+        m4 = mask
+    out = arcattn.attention(q, k, v, heads=H, mask=mask)
+    ref, _ = attention_reference(q4, k4, v4, mask=m4)
+    assert rel_error(to4(out, "bsd", H), ref) < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lse_and_causal(rng, causal):
+    B, H, Sq, Sk, D = 1, 3, 21, 30, 16
+    q4, k4, v4, q, k, v = make(rng, "bhsd", B, H, Sq, Sk, D)
+    out, lse = arcattn.attention(q, k, v, causal=causal, return_lse=True, scale=0.3)
+    ref, ref_lse = attention_reference(q4, k4, v4, causal=causal, scale=0.3)
+    assert rel_error(out, ref) < 1e-5
+    assert lse.dtype == torch.float32 and lse.shape == (B, H, Sq)
+    assert rel_error(lse, ref_lse) < 1e-5
+    plain = arcattn.attention(q, k, v, causal=causal, scale=0.3)
+    assert rel_error(plain, ref) < 1e-5
+
+
+def test_out_layout_and_strided_views(rng):
+    B, H, S, D = 2, 4, 12, 8
+    big = rand(rng, B, S, 3 * H * D)
+    q, k, v = big.split(H * D, dim=-1)  # non-contiguous views, as from a fused qkv projection
+    out = arcattn.attention(q, k, v, heads=H, out_layout="bhsd")
+    ref, _ = attention_reference(to4(q, "bsd", H), to4(k, "bsd", H), to4(v, "bsd", H))
+    assert out.shape == (B, H, S, D)
+    assert rel_error(out, ref) < 1e-5
+
+
+def test_value_head_dim_may_differ(rng):
+    q4, k4, v4, q, k, v = make(rng, "bhsd", 1, 2, 9, 11, 16, Dv=24)
+    out = arcattn.attention(q, k, v)
+    assert out.shape == (1, 2, 9, 24)
+    assert rel_error(out, attention_reference(q4, k4, v4)[0]) < 1e-5
+
+
+def test_nan_in_nan_out(rng):
+    q4, k4, v4, q, k, v = make(rng, "bsd", 1, 2, 8, 8, 16)
+    q[0, 3, 0] = float("nan")
+    out = arcattn.attention(q, k, v, heads=2)
+    assert torch.isnan(out[0, 3]).any()
+    assert torch.isfinite(out[0, 2]).all()
+
+
+def t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {}, ValueError, "heads is required"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 5}, ValueError, "not divisible by heads=5"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 0}, ValueError, "positive int"),
+    ((t(2, 8, 64), t(3, 8, 64), t(3, 8, 64)), {"heads": 4}, ValueError, "batch mismatch"),
+    ((t(2, 8, 64), t(2, 8, 32), t(2, 8, 32)), {"heads": 4}, ValueError, "head-dim mismatch"),
+    ((t(2, 8, 64), t(2, 7, 64), t(2, 8, 64)), {"heads": 4}, ValueError, "sequence mismatch"),
+    ((t(1, 4, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16)), {}, ValueError, "heads mismatch"),
+    ((t(1, 4, 8, 16), t(1, 4, 8, 16), t(1, 4, 8, 16)), {"heads": 3}, ValueError, "does not match"),
+    ((t(2, 8, 64), t(2, 8, 64)[None], t(2, 8, 64)), {"heads": 4}, ValueError, "must be 3-D"),
+    ((t(8, 64), t(8, 64), t(8, 64)), {"heads": 4, "layout": "bsd"}, ValueError, "must be 3-D"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "layout": "nope"}, ValueError, "layout must be one of"),
+    ((t(2, 8, 64), t(2, 8, 64, dtype=torch.float16), t(2, 8, 64)), {"heads": 4}, TypeError, "share one dtype"),
+    ((t(2, 8, 64).int(), t(2, 8, 64).int(), t(2, 8, 64).int()), {"heads": 4}, TypeError, "floating"),
+    ((t(2, 8, 64).numpy(), t(2, 8, 64), t(2, 8, 64)), {"heads": 4}, TypeError, "q must be a torch.Tensor"),
+    ((t(2, 0, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4}, ValueError, "query length is zero"),
+    ((t(2, 8, 64), t(2, 0, 64), t(2, 0, 64)), {"heads": 4}, ValueError, "key length is zero"),
+    ((t(0, 8, 64), t(0, 8, 64), t(0, 8, 64)), {"heads": 4}, ValueError, "batch is zero"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": t(3, 8, 8)}, ValueError, "does not broadcast"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": t(8, 8).long()}, TypeError, "mask must be bool"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "scale": float("inf")}, ValueError, "finite"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "scale": "x"}, TypeError, "scale must be a number"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "backend": "nope"}, ValueError, "unknown backend"),
+])
+def test_bad_input_is_named(args, kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        arcattn.attention(*args, **kwargs)
+
+
+@pytest.mark.skipif(not hasattr(torch, "device"), reason="never")
+def test_device_mismatch_is_named():
+    q = t(1, 4, 16)
+    k = torch.empty(1, 4, 16, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        arcattn.attention(q, k, k, heads=2)
+
+
+def test_validation_is_remembered_but_still_checks_new_signatures():
+    q = t(1, 4, 16)
+    arcattn.attention(q, q, q, heads=2)
+    with pytest.raises(ValueError):
+        arcattn.attention(q, q, q, heads=3)  # a new signature is checked afresh
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    call = arcattn.make_call(t(1, 4, 40 * 2), t(1, 4, 80), t(1, 4, 80), heads=2)
+    assert call.scale == pytest.approx(1 / math.sqrt(40))

@@ -1,0 +1,230 @@
+"""ComfyUI adapter against a stand-in of comfy.ldm.modules.attention with the host's signatures and hooks."""
+import importlib
+import logging
+import os
+import sys
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.backends.base import Backend
+from arcattn.backends.sdpa import SDPABackend
+from arcattn.dispatch import Router
+from arcattn.reference import attention_reference, rel_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDINS = os.path.join(ROOT, "tests", "standins")
+
+
+@pytest.fixture
+def comfy():
+    """Fresh stand-in host modules for each test; the real ComfyUI test runs in its own process."""
+    for name in [n for n in sys.modules if n == "comfy" or n.startswith("comfy.")]:
+        del sys.modules[name]
+    sys.path.insert(0, STANDINS)
+    try:
+        attention = importlib.import_module("comfy.ldm.modules.attention")
+        patcher = importlib.import_module("comfy.model_patcher")
+        attention.CALLS.clear()
+        yield attention, patcher
+    finally:
+        from arcattn.hosts import comfyui
+        comfyui.unpatch()
+        comfyui.unregister(attention)
+        sys.path.remove(STANDINS)
+        for name in [n for n in sys.modules if n == "comfy" or n.startswith("comfy.")]:
+            del sys.modules[name]
+
+
+class Recorder(Backend):
+    """A fast-path stand-in that serves via SDPA and records what it saw."""
+    name = "rec"
+    supports_mask = False
+
+    def __init__(self):
+        self.seen = []
+
+    def run(self, call):
+        self.seen.append((call.layout, call.out_layout, call.mask is not None))
+        return SDPABackend().run(call)
+
+
+@pytest.fixture
+def rec():
+    r = Recorder()
+    arcattn.set_router(Router([r, SDPABackend()], disabled=(), prefer=""))
+    return r
+
+
+def inputs(gen, B=2, H=4, Sq=24, Sk=77, D=40):
+    return [torch.randn(B, S, H * D, generator=gen) for S in (Sq, Sk, Sk)]
+
+
+def test_patch_rebinds_registers_and_undoes(comfy, rec):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    orig, orig_masked = attention.optimized_attention, attention.optimized_attention_masked
+    assert comfyui.load(attention)
+    assert attention.optimized_attention is not orig
+    assert attention.optimized_attention.__wrapped__.original is orig  # host's wrap_attn kept around ours
+    assert "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS
+    comfyui.unpatch()
+    comfyui.unregister(attention)
+    assert attention.optimized_attention is orig and attention.optimized_attention_masked is orig_masked
+    assert "arcattn" not in attention.REGISTERED_ATTENTION_FUNCTIONS
+
+
+def test_env_switch_skips_patch(comfy, rec, monkeypatch):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    monkeypatch.setenv("ARCATTN_COMFYUI_PATCH", "0")
+    orig = attention.optimized_attention
+    assert comfyui.load(attention)
+    assert attention.optimized_attention is orig
+    assert "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS  # still selectable by name
+
+
+@pytest.mark.parametrize("skip_reshape,skip_output_reshape", [(False, False), (True, False), (True, True), (False, True)])
+def test_patched_function_honours_host_signature(comfy, rec, rng, skip_reshape, skip_output_reshape):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    H, D = 4, 40
+    q, k, v = inputs(rng, H=H, D=D)
+    q4, k4, v4 = (t.unflatten(-1, (H, D)).transpose(1, 2) for t in (q, k, v))
+    args = (q4, k4, v4) if skip_reshape else (q, k, v)
+    out = attention.optimized_attention(*args, H, skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape,
+                                        transformer_options={}, unknown_future_kwarg=1, scale=None)
+    expected = attention.attention_pytorch(*args, H, skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape)
+    assert out.shape == expected.shape
+    assert rel_error(out, expected) < 1e-5
+    assert rec.seen == [("bhsd" if skip_reshape else "bsd", "bhsd" if skip_output_reshape else "bsd", False)]
+    ref, _ = attention_reference(q4, k4, v4)
+    ref = ref if skip_output_reshape else ref.transpose(1, 2).flatten(2)
+    assert rel_error(out, ref) < 1e-5
+
+
+def test_masked_call_goes_to_a_backend_that_takes_masks(comfy, rec, rng):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    q, k, v = inputs(rng, B=1, Sq=8, Sk=8)
+    mask = torch.randn(8, 8, generator=rng)
+    out = attention.optimized_attention_masked(q, k, v, 4, mask)
+    assert rec.seen == []  # the recorder declines masks; sdpa served
+    assert rel_error(out, attention.attention_pytorch(q, k, v, 4, mask)) < 1e-5
+    t = arcattn.telemetry()
+    assert t["rec"]["declined"] == {"attention mask not supported": 1} and t["sdpa"]["served"] == 1
+
+
+def test_low_precision_false_means_plain_sdpa(comfy, rec, rng):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    attention.optimized_attention(*inputs(rng), 4, low_precision_attention=False)
+    assert rec.seen == []
+    attention.optimized_attention(*inputs(rng), 4, attn_precision=torch.float32)
+    assert len(rec.seen) == 1
+
+
+def test_cross_attention_forward_reaches_arcattn(comfy, rec, rng):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    torch.manual_seed(0)
+    layer = attention.CrossAttention(64, context_dim=32, heads=4, dim_head=16)
+    x, ctx = torch.randn(2, 10, 64, generator=rng), torch.randn(2, 77, 32, generator=rng)
+    before = layer(x, ctx)
+    comfyui.patch(attention)
+    after = layer(x, ctx)
+    assert rel_error(after, before) < 1e-5
+    assert len(rec.seen) == 1
+    comfyui.unpatch()
+    layer(x, ctx)
+    assert len(rec.seen) == 1
+
+
+def test_any_failure_is_served_by_the_host_and_logged_once(comfy, rng, caplog):
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    arcattn.set_router(None)
+
+    def broken_router():
+        raise RuntimeError("router exploded")
+
+    import arcattn.hosts.common as common
+    real = common.get_router
+    common.get_router = broken_router
+    try:
+        with caplog.at_level(logging.WARNING, logger="arcattn"):
+            for _ in range(3):
+                q, k, v = inputs(rng)
+                out = attention.optimized_attention(q, k, v, 4)
+                assert rel_error(out, attention.attention_pytorch(q, k, v, 4)) < 1e-5
+    finally:
+        common.get_router = real
+    assert attention.CALLS.count("attention_pytorch") >= 3
+    assert len([r for r in caplog.records if "router exploded" in r.getMessage()]) == 1
+
+
+def test_load_never_raises(comfy, caplog):
+    from arcattn.hosts import comfyui
+
+    class Broken:
+        @property
+        def optimized_attention(self):
+            raise AttributeError("host moved things around")
+
+    with caplog.at_level(logging.ERROR, logger="arcattn"):
+        assert comfyui.load(Broken()) is False
+    assert not comfyui.is_patched()
+    assert any("ComfyUI runs unchanged" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_node_enables_and_disables_per_model(comfy, rec, rng, patched):
+    attention, patcher = comfy
+    from arcattn.hosts import comfyui
+    import nodes as arc_nodes
+    if patched:
+        comfyui.patch(attention)
+    layer = attention.CrossAttention(64, heads=4, dim_head=16)
+    model = patcher.ModelPatcher(layer)
+    x = torch.randn(1, 12, 64, generator=rng)
+    baseline = layer(x)
+    rec.seen.clear()
+    attention.CALLS.clear()
+
+    (on,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="auto")
+    assert "optimized_attention_override" not in model.model_options["transformer_options"]  # source untouched
+    out = layer(x, transformer_options=on.model_options["transformer_options"])
+    assert len(rec.seen) == 1 and attention.CALLS == [] and rel_error(out, baseline) < 1e-5
+
+    (off,) = arc_nodes.ArcAttention().apply(model, enabled=False, backend="auto")
+    out = layer(x, transformer_options=off.model_options["transformer_options"])
+    assert len(rec.seen) == 1 and attention.CALLS == ["attention_pytorch"] and rel_error(out, baseline) < 1e-5
+
+    (forced,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="sdpa")
+    layer(x, transformer_options=forced.model_options["transformer_options"])
+    assert len(rec.seen) == 1  # sdpa preferred over the recorder
+
+
+def test_node_package_import_patches_and_registers(comfy, rng):
+    attention, _ = comfy
+    for name in ("nodes", "_loader"):
+        sys.modules.pop(name, None)
+    spec = importlib.util.spec_from_file_location("arcattn_nodepkg", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules["arcattn_nodepkg"] = pkg
+    try:
+        spec.loader.exec_module(pkg)
+        assert "ArcAttention" in pkg.NODE_CLASS_MAPPINGS
+        assert pkg.NODE_DISPLAY_NAME_MAPPINGS["ArcAttention"] == "Arc Attention"
+        from arcattn.hosts import comfyui
+        assert comfyui.is_patched()
+        assert sys.modules["arcattn"] is arcattn  # one arcattn per process, whoever imported it first
+    finally:
+        for name in [n for n in sys.modules if n.startswith("arcattn_nodepkg")]:
+            del sys.modules[name]

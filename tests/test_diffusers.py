@@ -1,0 +1,69 @@
+"""diffusers: a small random-init UNet2DConditionModel gives the same output with arcattn's processor."""
+import pytest
+import torch
+
+import arcattn
+from arcattn.reference import rel_error
+
+diffusers = pytest.importorskip("diffusers")
+from arcattn.hosts import diffusers as arc_diffusers  # noqa: E402
+
+# SD1.5's UNet config, scaled down (channels, layers, resolution); heads and the 77-token context kept
+SMALL_SD = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=48,
+                attention_head_dim=8, norm_num_groups=8)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(**SMALL_SD).eval()
+
+
+def run(unet, gen):
+    x = torch.randn(2, 4, 16, 16, generator=gen)
+    ctx = torch.randn(2, 77, 48, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), encoder_hidden_states=ctx).sample, (x, ctx)
+
+
+def test_same_output_as_stock_processor_and_undo(unet, rng):
+    state = rng.get_state()
+    stock, _ = run(unet, rng)
+    n = arc_diffusers.enable(unet)
+    assert n == len(unet.attn_processors) and n > 0
+    rng.set_state(state)
+    ours, _ = run(unet, rng)
+    assert rel_error(ours, stock) < 1e-5
+    decisions = arcattn.get_router().decisions()
+    assert any("Sk=77" in d["call"] for d in decisions) and any("Sk=77" not in d["call"] for d in decisions)
+    arc_diffusers.disable(unet)
+    assert all(type(p).__name__ == "AttnProcessor2_0" for p in unet.attn_processors.values())
+    rng.set_state(state)
+    again, _ = run(unet, rng)
+    assert torch.equal(again, stock)
+
+
+def test_processor_with_mask_and_forced_backend(unet, rng):
+    attn = next(m for m in unet.modules() if isinstance(m, diffusers.models.attention_processor.Attention)
+                and m.is_cross_attention)
+    h = torch.randn(2, 64, attn.to_q.in_features, generator=rng)
+    ctx = torch.randn(2, 77, 48, generator=rng)
+    mask = torch.ones(2, 77, dtype=torch.bool)
+    mask[:, 60:] = False
+    stock = diffusers.models.attention_processor.AttnProcessor2_0()
+    with torch.no_grad():
+        ref = stock(attn, h, ctx, attention_mask=mask)
+        out = arc_diffusers.ArcAttnProcessor(backend="sdpa")(attn, h, ctx, attention_mask=mask)
+    assert rel_error(out, ref) < 1e-5
+
+
+def test_processor_falls_back_when_arcattn_breaks(unet, rng, monkeypatch):
+    attn = next(m for m in unet.modules() if isinstance(m, diffusers.models.attention_processor.Attention))
+    h = torch.randn(1, 64, attn.to_q.in_features, generator=rng)
+    monkeypatch.setattr(arc_diffusers, "make_call", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with torch.no_grad():
+        ref = diffusers.models.attention_processor.AttnProcessor2_0()(attn, h)
+        out = arc_diffusers.ArcAttnProcessor()(attn, h)
+    assert rel_error(out, ref) < 1e-5

@@ -1,0 +1,156 @@
+"""Router: per-signature decisions, priority and overrides, fallback on failure, telemetry, logging once."""
+import logging
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.backends.base import Backend
+from arcattn.backends.sdpa import SDPABackend
+from arcattn.call import make_call
+from arcattn.dispatch import BackendUnsupported, Router
+
+
+class Boom(Backend):
+    name = "boom"
+    dtypes = (torch.float32,)
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, call):
+        self.runs += 1
+        raise RuntimeError("device lost (simulated)")
+
+
+class Picky(Backend):
+    """Serves only head dim 64; counts how often it is asked."""
+    name = "picky"
+
+    def __init__(self):
+        self.asked = 0
+        self.runs = 0
+
+    def extra_reasons(self, call):
+        self.asked += 1
+        return [] if call.D == 64 else [f"head dim {call.D} is not 64"]
+
+    def run(self, call):
+        self.runs += 1
+        return SDPABackend().run(call)
+
+
+class Absent(Backend):
+    name = "absent"
+
+    def probe(self):
+        return "no such device here"
+
+
+def qkv(gen, S=16, D=64, H=2, dtype=torch.float32):
+    return (torch.randn(1, S, H * D, generator=gen, dtype=dtype) for _ in range(3))
+
+
+def test_failing_backend_falls_back_with_identical_output_counted_and_logged_once(rng, caplog):
+    boom = Boom()
+    router = Router([boom, SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    q, k, v = qkv(rng)
+    expected = SDPABackend().run(make_call(q, k, v, heads=2))
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        outs = [arcattn.attention(q, k, v, heads=2) for _ in range(3)]
+    for out in outs:
+        assert torch.equal(out, expected)
+    assert boom.runs == 1  # marked broken for this signature after the first failure
+    warnings = [r for r in caplog.records if "boom failed" in r.getMessage()]
+    assert len(warnings) == 1 and "device lost" in warnings[0].getMessage()
+    t = router.telemetry()
+    assert t["boom"]["served"] == 0
+    assert t["boom"]["failed"] == {"RuntimeError: device lost (simulated)": 1}
+    assert t["boom"]["declined"] == {"marked broken after an error": 2}
+    assert t["sdpa"]["served"] == 3
+
+
+def test_broken_is_per_signature(rng):
+    boom = Boom()
+    router = Router([boom, SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng, S=16), heads=2)
+    arcattn.attention(*qkv(rng, S=32), heads=2)
+    assert boom.runs == 2  # a new signature gets its own chance
+
+
+def test_decision_is_made_once_per_signature(rng):
+    picky = Picky()
+    router = Router([picky, SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    for _ in range(5):
+        arcattn.attention(*qkv(rng, D=64), heads=2)
+        arcattn.attention(*qkv(rng, D=40), heads=2)
+    assert picky.asked == 2
+    assert picky.runs == 5
+    t = router.telemetry()
+    assert t["picky"]["served"] == 5 and t["sdpa"]["served"] == 5
+    assert t["picky"]["declined"] == {"head dim 40 is not 64": 5}
+
+
+def test_unavailable_backend_is_skipped_and_reported(rng):
+    router = Router([Absent(), SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng), heads=2)
+    t = router.telemetry()
+    assert t["absent"]["available"] is False and t["absent"]["unavailable_reason"] == "no such device here"
+    assert t["absent"]["declined"] == {}  # not a per-call fallback: it is simply not there
+    assert t["sdpa"]["served"] == 1
+
+
+def test_disable_and_prefer_from_environment(rng, monkeypatch):
+    monkeypatch.setenv("ARCATTN_DISABLE", "picky")
+    picky = Picky()
+    arcattn.set_router(Router([picky, SDPABackend()]))
+    arcattn.attention(*qkv(rng), heads=2)
+    assert picky.runs == 0
+    monkeypatch.delenv("ARCATTN_DISABLE")
+    monkeypatch.setenv("ARCATTN_BACKEND", "sdpa")
+    picky = Picky()
+    arcattn.set_router(Router([picky, SDPABackend()]))
+    arcattn.attention(*qkv(rng), heads=2)
+    assert picky.runs == 0
+
+
+def test_preferred_backend_that_cannot_serve_falls_back_quietly_in_hosts(rng):
+    picky = Picky()
+    router = Router([picky, SDPABackend()], disabled=(), prefer="")
+    call = make_call(*qkv(rng, D=40), heads=2)
+    router.run(call, prefer="picky")
+    assert router.telemetry()["picky"]["declined"] == {"head dim 40 is not 64": 1}
+
+
+def test_forced_backend_through_api_raises_with_reasons(rng):
+    arcattn.set_router(Router([Picky(), SDPABackend()], disabled=(), prefer=""))
+    with pytest.raises(BackendUnsupported, match="head dim 40 is not 64"):
+        arcattn.attention(*qkv(rng, D=40), heads=2, backend="picky")
+    arcattn.set_router(Router([Absent(), SDPABackend()], disabled=(), prefer=""))
+    with pytest.raises(BackendUnsupported, match="no such device here"):
+        arcattn.attention(*qkv(rng), heads=2, backend="absent")
+
+
+def test_forced_backend_failure_propagates(rng):
+    arcattn.set_router(Router([Boom(), SDPABackend()], disabled=(), prefer=""))
+    with pytest.raises(RuntimeError, match="device lost"):
+        arcattn.attention(*qkv(rng), heads=2, backend="boom")
+
+
+def test_declines_name_the_reason(rng):
+    call = make_call(*qkv(rng, dtype=torch.float64), heads=2, causal=True, want_lse=True)
+    reasons = Boom().unsupported_reasons(call)
+    assert any("dtype float64" in r for r in reasons)
+    assert any("causal" in r for r in reasons) and any("log-sum-exp" in r for r in reasons)
+
+
+def test_reset_forgets_decisions_and_counts(rng):
+    router = arcattn.get_router()
+    arcattn.attention(*qkv(rng), heads=2)
+    assert router.telemetry()["sdpa"]["served"] == 1
+    arcattn.reset_telemetry()
+    assert router.telemetry()["sdpa"]["served"] == 0
