@@ -16,7 +16,8 @@ def get_router() -> Router:
     """The process-wide router (created on first use, so importing arcattn probes nothing)."""
     global _router
     if _router is None:
-        _router = Router(create_backends())
+        from .tune import MeasuredChooser, policy_from_env
+        _router = Router(create_backends(), chooser=MeasuredChooser() if policy_from_env() == "auto" else None)
     return _router
 
 

@@ -111,7 +111,15 @@ class Router:
                 declined.append((b.name, "; ".join(reasons)))
             else:
                 eligible.append(b)
-        choice = self.chooser(call, eligible) if self.chooser is not None and len(eligible) > 1 else eligible[0]
+        choice = eligible[0]
+        if self.chooser is not None and len(eligible) > 1:
+            try:
+                choice = self.chooser(call, eligible)
+            except Exception as e:  # noqa: BLE001 - measuring is an optimisation; priority order still works
+                if "chooser" not in self._logged:
+                    self._logged.add("chooser")
+                    log.warning("measuring backends failed on %s (%s: %s); using priority order",
+                                call.describe(), type(e).__name__, e)
         ahead = {b.name for b in self.backends[:self.backends.index(choice)]}
         return self._log_decision(Decision(choice, [(n, r) for n, r in declined if n in ahead], call.describe()))
 

@@ -1,0 +1,242 @@
+"""Measured dispatch (policy "auto"): time every eligible backend on a call's shape, keep the fastest correct one.
+
+The first time the router meets a call signature with more than one eligible backend, each is run on random
+inputs of that exact shape, dtype, layout and strides, checked against `sdpa` on the same inputs, and timed; the
+fastest within tolerance wins. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
+with sequence lengths bucketed (half-octaves) so that a new resolution does not re-tune everything. A cache that
+is corrupt or from another setup is ignored with one log line.
+
+Policy: ARCATTN_POLICY=auto (default on GPUs) | priority (fixed order). ARCATTN_TUNE=0 turns measuring off.
+On the CPU "auto" is "priority": there is nothing to gain, and CI never tunes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import torch
+
+from .call import AttentionCall, make_call
+from .env import versions
+
+log = logging.getLogger("arcattn")
+
+CACHE_VERSION = 1
+TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-6}
+
+
+def policy_from_env() -> str:
+    if os.environ.get("ARCATTN_TUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "priority"
+    p = os.environ.get("ARCATTN_POLICY", "auto").strip().lower()
+    return p if p in ("auto", "priority") else "auto"
+
+
+def cache_dir() -> str:
+    d = os.environ.get("ARCATTN_CACHE_DIR")
+    if d:
+        return d
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return os.path.join(os.environ["LOCALAPPDATA"], "arcattn")
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "arcattn")
+
+
+def bucket(n: int) -> str:
+    """Half-octave bucket of a sequence length, e.g. "2^12" for 3650..5160 (exact below 64, where the best
+    tiling changes fastest)."""
+    return str(n) if n < 64 else f"2^{round(2 * math.log2(n)) / 2:g}"
+
+
+def bucket_key(call: AttentionCall) -> str:
+    mask = "none" if call.mask is None else ("bool" if call.mask.dtype == torch.bool else "float")
+    return (f"B{call.B} H{call.H} Sq~{bucket(call.Sq)} Sk~{bucket(call.Sk)} D{call.D} Dv{call.Dv} "
+            f"{str(call.dtype).replace('torch.', '')} {call.layout}>{call.out_layout} mask:{mask}"
+            f"{' causal' if call.causal else ''}{' lse' if call.want_lse else ''}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 7) -> float:
+    """Median wall time of fn() in microseconds, the device synchronised around each run."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def _like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Fresh random values with t's shape, strides, dtype and device (never zeros)."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.copy_(torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype))
+
+
+def synthetic_call(call: AttentionCall, gen: torch.Generator) -> AttentionCall:
+    """A call of the same signature with fresh random inputs."""
+    q, k, v = _like(call.q, gen), _like(call.k, gen), _like(call.v, gen)
+    return make_call(q, k, v, heads=call.H, layout=call.layout, out_layout=call.out_layout, mask=call.mask,
+                     scale=call.scale, causal=call.causal, want_lse=call.want_lse)
+
+
+class TuneCache:
+    """The on-disk record of measured choices for one setup (device, driver, versions)."""
+
+    def __init__(self, device: torch.device, directory: Optional[str] = None):
+        self.env = {k: v for k, v in versions(device).items() if k != "python"}
+        digest = hashlib.sha1(json.dumps(self.env, sort_keys=True).encode()).hexdigest()[:12]
+        self.path = os.path.join(directory or cache_dir(), f"tune-{digest}.json")
+        self.entries: dict = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("version") != CACHE_VERSION or data.get("env") != self.env:
+                raise ValueError("written for another setup or cache version")
+            entries = data["entries"]
+            if not all(isinstance(e, dict) and isinstance(e.get("backend"), str) for e in entries.values()):
+                raise ValueError("malformed entries")
+            self.entries = entries
+        except Exception as e:  # noqa: BLE001 - a bad cache is never trusted, never fatal
+            log.warning("ignoring tuning cache %s (%s: %s); backends will be measured again",
+                        self.path, type(e).__name__, e)
+            self.entries = {}
+
+    def get(self, key: str) -> Optional[dict]:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        self.entries[key] = entry
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"version": CACHE_VERSION, "env": self.env, "entries": self.entries}, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("could not write tuning cache %s (%s); measuring again next process", self.path, e)
+
+
+class MeasuredChooser:
+    """A Router chooser: fastest eligible backend within tolerance of sdpa, measured once per bucket."""
+
+    def __init__(self, directory: Optional[str] = None, *, reps: int = 7, measure_cpu: bool = False):
+        self.directory = directory
+        self.reps = reps
+        self.measure_cpu = measure_cpu  # tests only: on a real CPU setup there is nothing to choose
+        self._caches: dict = {}
+
+    def cache(self, device: torch.device) -> TuneCache:
+        key = (device.type, device.index)
+        if key not in self._caches:
+            self._caches[key] = TuneCache(device, self.directory)
+        return self._caches[key]
+
+    def __call__(self, call: AttentionCall, eligible: list):
+        if call.device.type == "cpu" and not self.measure_cpu:
+            return eligible[0]
+        cache = self.cache(call.device)
+        key = bucket_key(call)
+        entry = cache.get(key)
+        if entry is not None:
+            for b in eligible:
+                if b.name == entry["backend"]:
+                    return b
+        entry = self.measure(call, eligible)
+        cache.put(key, entry)
+        return next(b for b in eligible if b.name == entry["backend"])
+
+    def measure(self, call: AttentionCall, eligible: list) -> dict:
+        gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+        trial = synthetic_call(call, gen)
+        fallback = next((b for b in eligible if b.is_fallback), None)
+        ref = _first(fallback.run(trial)) if fallback is not None else None
+        tol = TOLERANCE.get(call.dtype, 1e-3)
+        times, errors, rejected = {}, {}, {}
+        t_start = time.perf_counter()
+        for b in eligible:
+            try:
+                out = _first(b.run(trial))
+                if ref is not None and b is not fallback:
+                    err = float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+                    errors[b.name] = err
+                    if not math.isfinite(err) or err > tol:
+                        rejected[b.name] = f"differs from sdpa by {err:.2e} (tolerance {tol:.0e})"
+                        continue
+                times[b.name] = round(time_us(lambda: b.run(trial), call.device, reps=self.reps), 2)
+            except Exception as e:  # noqa: BLE001
+                rejected[b.name] = f"{type(e).__name__}: {e}"[:200]
+        for name, why in rejected.items():
+            log.warning("tuning %s: %s rejected (%s)", call.describe(), name, why)
+        best = min(times, key=times.get) if times else eligible[0].name
+        log.info("tuned %s: %s (%s) in %.0f ms", call.describe(), best,
+                 ", ".join(f"{n} {t:.1f} us" for n, t in times.items()), (time.perf_counter() - t_start) * 1e3)
+        return {"backend": best, "times_us": times, "rel_errors": errors, "rejected": rejected,
+                "call": call.describe()}
+
+
+def _first(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+# -- python -m arcattn tune -----------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    from .api import get_router
+    from .env import default_device, describe
+
+    p = argparse.ArgumentParser(prog="python -m arcattn tune", description="Measure the backends per shape ahead "
+                                "of time and keep the fastest correct choice in the tuning cache.")
+    p.add_argument("--shapes", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "bench", "shapes.json"))
+    p.add_argument("--batch", default="1,2")
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device) if args.device else default_device()
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    with open(args.shapes, encoding="utf-8") as f:
+        shapes = json.load(f)["shapes"]
+    router = get_router()
+    chooser = router.chooser if isinstance(router.chooser, MeasuredChooser) else MeasuredChooser()
+    print(describe(device))
+    if device.type == "cpu":
+        print("tuning is for GPUs: on the CPU the router keeps its fixed priority")
+        return 0
+    t0 = time.perf_counter()
+    for dname in args.dtype.split(","):
+        for B in (int(b) for b in args.batch.split(",")):
+            for s in shapes:
+                H, D = s["H"], s["D"]
+                q = torch.randn(B, s["Sq"], H * D, device=device, dtype=dtypes[dname])
+                kv = torch.randn(B, s["Sk"], H * D, device=device, dtype=dtypes[dname])
+                call = make_call(q, kv, kv, heads=H)
+                eligible = [b for b in router.backends if b.name not in router.disabled and b.available()
+                            and not b.unsupported_reasons(call)]
+                choice = chooser(call, eligible) if len(eligible) > 1 else eligible[0]
+                entry = chooser.cache(device).get(bucket_key(call)) or {}
+                times = ", ".join(f"{n} {t:.1f}us" for n, t in entry.get("times_us", {}).items())
+                print(f"  {s['name']:<22} B={B} {dname}: {choice.name:<7} {times}")
+    print(f"tuned in {time.perf_counter() - t0:.2f} s; cache: {chooser.cache(device).path}")
+    return 0

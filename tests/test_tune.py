@@ -1,0 +1,127 @@
+"""Measured dispatch: fastest correct backend per bucket, cached on disk, bad caches ignored."""
+import json
+import logging
+import os
+import time
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.backends.base import Backend
+from arcattn.backends.sdpa import SDPABackend
+from arcattn.dispatch import Router
+from arcattn.tune import MeasuredChooser, TuneCache, bucket, bucket_key, policy_from_env
+
+
+class Timed(Backend):
+    """Correct (serves through SDPA) but takes `delay` seconds; `wrong` makes its output wrong."""
+
+    def __init__(self, name, delay, wrong=False):
+        self.name, self.delay, self.wrong, self.runs = name, delay, wrong, 0
+
+    def run(self, call):
+        self.runs += 1
+        time.sleep(self.delay)
+        out = SDPABackend().run(call)
+        return out * 1.5 if self.wrong else out
+
+
+class SlowSDPA(SDPABackend):
+    def run(self, call):
+        time.sleep(0.004)
+        return super().run(call)
+
+
+def make_router(tmp_path, *backends):
+    chooser = MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True)
+    router = Router([*backends, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
+    arcattn.set_router(router)
+    return router, chooser
+
+
+def qkv(gen, S=64):
+    return [torch.randn(1, S, 64, generator=gen) for _ in range(3)]
+
+
+def test_fastest_correct_backend_wins_and_is_cached(tmp_path, rng):
+    slow, fast, wrong = Timed("slow", 0.003), Timed("fast", 0.0), Timed("wrong", 0.0, wrong=True)
+    chooser = MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True)
+    router = Router([slow, wrong, fast, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng), heads=4)
+    assert router.decisions()[0]["backend"] == "fast"
+    entry = next(iter(chooser.cache(torch.device("cpu")).entries.values()))
+    assert "differs from sdpa" in entry["rejected"]["wrong"]
+    assert set(entry["times_us"]) == {"slow", "fast", "sdpa"}
+    # a new process (new chooser) with the same setup reads the cache instead of measuring
+    slow2, fast2 = Timed("slow", 0.003), Timed("fast", 0.0)
+    router2 = Router([slow2, Timed("wrong", 0.0, wrong=True), fast2, SlowSDPA()], disabled=(), prefer="",
+                     chooser=MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True))
+    arcattn.set_router(router2)
+    arcattn.attention(*qkv(rng), heads=4)
+    assert slow2.runs == 0 and fast2.runs == 1
+
+
+def test_nearby_length_shares_a_bucket_new_resolution_does_not_retune_everything(tmp_path, rng):
+    fast = Timed("fast", 0.0)
+    router, chooser = make_router(tmp_path, fast)
+    arcattn.attention(*qkv(rng, S=4096 // 16), heads=4)
+    n = fast.runs
+    arcattn.attention(*qkv(rng, S=4096 // 16 + 8), heads=4)  # same half-octave bucket: no measuring
+    assert fast.runs == n + 1
+    assert bucket(256) == bucket(264) and bucket(256) != bucket(512) and bucket(77) != bucket(64)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 1, "env": {"torch": "0.0"}, "entries": {}}),
+                                     json.dumps({"version": 1, "env": None, "entries": {"x": 3}})])
+def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, content):
+    cache = TuneCache(torch.device("cpu"), str(tmp_path))
+    with open(cache.path, "w") as f:
+        f.write(content)
+    fast = Timed("fast", 0.0)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        make_router(tmp_path, fast)
+        arcattn.attention(*qkv(rng), heads=4)
+    lines = [r for r in caplog.records if "ignoring tuning cache" in r.getMessage()]
+    assert len(lines) == 1
+    assert arcattn.get_router().decisions()[0]["backend"] == "fast"
+    with open(cache.path) as f:
+        assert json.load(f)["env"] == cache.env  # rewritten for this setup
+
+
+def test_cpu_keeps_priority_without_measuring(tmp_path, rng):
+    slow = Timed("slow", 0.0)
+    router = Router([slow, SDPABackend()], disabled=(), prefer="", chooser=MeasuredChooser(str(tmp_path)))
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng), heads=4)
+    assert slow.runs == 1 and not os.listdir(tmp_path)
+
+
+def test_policy_switches(monkeypatch):
+    monkeypatch.delenv("ARCATTN_POLICY", raising=False)
+    monkeypatch.delenv("ARCATTN_TUNE", raising=False)
+    assert policy_from_env() == "auto"
+    monkeypatch.setenv("ARCATTN_POLICY", "priority")
+    assert policy_from_env() == "priority"
+    monkeypatch.setenv("ARCATTN_POLICY", "auto")
+    monkeypatch.setenv("ARCATTN_TUNE", "0")
+    assert policy_from_env() == "priority"
+    arcattn.set_router(None)
+    assert arcattn.get_router().chooser is None
+
+
+def test_chooser_failure_falls_back_to_priority(rng, caplog):
+    def broken(call, eligible):
+        raise RuntimeError("out of memory while measuring")
+    fast = Timed("fast", 0.0)
+    arcattn.set_router(Router([fast, SDPABackend()], disabled=(), prefer="", chooser=broken))
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        arcattn.attention(*qkv(rng), heads=4)
+    assert fast.runs == 1 and any("priority order" in r.getMessage() for r in caplog.records)
+
+
+def test_bucket_key_names_the_signature(rng):
+    call = arcattn.make_call(*qkv(rng, S=77), heads=4)
+    assert bucket_key(call).startswith("B1 H4 Sq~2^6.5 Sk~2^6.5 D16")
+    assert bucket(4096) == "2^12" and bucket(40) == "40"
