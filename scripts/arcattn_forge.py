@@ -1,0 +1,159 @@
+"""Forge extension entry (Forge, reForge, Forge classic): the "Arc Attention" accordion and settings.
+
+Forge loads every .py in an extension's scripts/ folder. This one installs arcattn's attention wrapper once
+(arcattn/hosts/forge.py), shows an always-visible accordion (enable toggle + backend choice) in txt2img and
+img2img, reads it before every sampling pass, and records in the infotext which backend served the
+generation ("Arc Attention: triton", "sdpa", "xmx", "host", "unused" or "off").
+
+It must never break Forge: if anything fails at import, one error is logged and Forge runs as without it.
+Set ARCATTN_FORGE=0 (or false/no/off) to load the extension without touching Forge's attention at all.
+"""
+import logging
+import os
+import sys
+
+log = logging.getLogger("arcattn")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TITLE = "Arc Attention"
+SECTION = ("arcattn", "Arc Attention")
+OPT_ENABLED = "arcattn_enabled"
+OPT_BACKEND = "arcattn_backend"
+INFOTEXT_KEY = "Arc Attention"
+
+_loaded = False
+if os.environ.get("ARCATTN_FORGE", "1").strip().lower() in ("0", "false", "no", "off"):
+    log.info("arcattn: ARCATTN_FORGE=%s, Forge extension not active", os.environ.get("ARCATTN_FORGE"))
+else:
+    try:
+        # Forge already puts each extension's folder on sys.path; a fork that does not gets it here.
+        if ROOT not in sys.path:
+            sys.path.append(ROOT)
+        import gradio as gr
+        from modules import script_callbacks, scripts, shared
+
+        import arcattn
+        from arcattn.hosts import forge as forge_adapter
+
+        if os.path.dirname(os.path.dirname(os.path.abspath(arcattn.__file__))) != ROOT:
+            log.warning("arcattn: using the arcattn package at %s, not the one in this extension (%s)",
+                        os.path.dirname(arcattn.__file__), ROOT)
+        _loaded = True
+    except Exception as e:  # noqa: BLE001 - Forge must start whatever happens here
+        log.error("arcattn: Forge extension not loaded, Forge's own attention stays in use (%s: %s)",
+                  type(e).__name__, e)
+
+
+def _defaults() -> tuple:
+    """(enabled, backend) from the settings page; the accordion starts from these and calls outside a
+    generation (other tabs, API without this script's args) use them."""
+    opts = getattr(shared, "opts", None)
+    enabled = bool(getattr(opts, OPT_ENABLED, True)) if opts is not None else True
+    backend = getattr(opts, OPT_BACKEND, forge_adapter.AUTO) if opts is not None else forge_adapter.AUTO
+    if backend not in forge_adapter.BACKEND_CHOICES:
+        backend = forge_adapter.AUTO
+    return enabled, backend
+
+
+def _script_args(args) -> tuple:
+    """The accordion's values as Forge passes them; missing values (API calls without them) mean the defaults."""
+    enabled, backend = _defaults()
+    if len(args) > 0 and args[0] is not None:
+        enabled = bool(args[0])
+    if len(args) > 1 and args[1]:
+        backend = str(args[1])
+    return enabled, backend
+
+
+def _apply_defaults() -> None:
+    forge_adapter.set_generation(*_defaults())
+
+
+def _on_ui_settings() -> None:
+    shared.opts.add_option(OPT_ENABLED, shared.OptionInfo(
+        True, "Arc Attention on by default", gr.Checkbox, section=SECTION, onchange=_apply_defaults,
+    ).info("the accordion's initial state, and the setting for work outside txt2img/img2img"))
+    shared.opts.add_option(OPT_BACKEND, shared.OptionInfo(
+        forge_adapter.AUTO, "Arc Attention backend by default", gr.Radio,
+        {"choices": list(forge_adapter.BACKEND_CHOICES)}, section=SECTION, onchange=_apply_defaults,
+    ).info("auto = fastest backend that can serve each call; a named backend is tried first, SDPA covers "
+           "what it cannot serve"))
+
+
+def _status_markdown() -> str:
+    try:
+        lines = forge_adapter.status_lines()
+    except Exception as e:  # noqa: BLE001
+        lines = [f"backend status unavailable ({type(e).__name__}: {e})"]
+    where = ", ".join(forge_adapter.layouts()) or "not installed (no Forge attention module found)"
+    return f"arcattn {arcattn.__version__}, wrapper: {where}  \n" + "  \n".join(lines)
+
+
+if _loaded:
+    try:
+        from modules.ui_components import InputAccordion
+    except Exception:  # noqa: BLE001 - older forks: a plain accordion with a checkbox inside
+        InputAccordion = None
+
+    class ArcAttentionScript(scripts.Script):
+        """Always-visible accordion: the toggle is the accordion's own checkbox (open = on)."""
+
+        def __init__(self):
+            super().__init__()
+            self._counter = None
+            self._enabled = True
+
+        def title(self):
+            return TITLE
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def ui(self, is_img2img):
+            enabled_default, backend_default = _defaults()
+            if InputAccordion is not None:
+                with InputAccordion(enabled_default, label=TITLE, elem_id=self.elem_id("arcattn")) as enabled:
+                    backend = gr.Radio(label="Backend", choices=list(forge_adapter.BACKEND_CHOICES),
+                                       value=backend_default, elem_id=self.elem_id("arcattn_backend"))
+                    gr.Markdown(_status_markdown())
+            else:
+                with gr.Accordion(TITLE, open=False):
+                    enabled = gr.Checkbox(label="Enable", value=enabled_default, elem_id=self.elem_id("arcattn"))
+                    backend = gr.Radio(label="Backend", choices=list(forge_adapter.BACKEND_CHOICES),
+                                       value=backend_default, elem_id=self.elem_id("arcattn_backend"))
+                    gr.Markdown(_status_markdown())
+            # the infotext entry is a record, not a parameter: pasting it must not flip anyone's toggle
+            return [enabled, backend]
+
+        def process(self, p, *args):
+            self._counter = forge_adapter.GenerationCounter()
+            self._counter.start()
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            enabled, backend = _script_args(args)
+            self._enabled = enabled
+            forge_adapter.set_generation(enabled, backend)
+            if self._counter is None:
+                self.process(p)
+            p.extra_generation_params[INFOTEXT_KEY] = self._counter.label(enabled)
+
+        def postprocess_batch(self, p, *args, **kwargs):
+            # called after each batch's sampling and decoding, before that batch's infotexts are written
+            if self._counter is not None:
+                p.extra_generation_params[INFOTEXT_KEY] = self._counter.label(self._enabled)
+
+        def postprocess(self, p, processed, *args):
+            self._counter = None
+            _apply_defaults()
+
+    try:
+        script_callbacks.on_ui_settings(_on_ui_settings)
+        script_callbacks.on_script_unloaded(forge_adapter.uninstall)
+        forge_adapter.install(enabled=_defaults()[0], backend=_defaults()[1])
+    except Exception as e:  # noqa: BLE001
+        log.error("arcattn: could not install the Forge attention wrapper (%s: %s); Forge's own attention "
+                  "stays in use", type(e).__name__, e)
+        try:
+            forge_adapter.uninstall()
+        except Exception:  # noqa: BLE001
+            pass

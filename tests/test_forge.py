@@ -1,0 +1,379 @@
+"""Forge adapter and extension script against stand-ins with Forge's signatures (tests/standins/forge).
+
+The real Forge checkout is covered by tests/test_forge_real.py (ARCATTN_FORGE_ROOT)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.backends import NAMES
+from arcattn.hosts import forge
+from arcattn.reference import attention_reference, rel_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDINS = os.path.join(ROOT, "tests", "standins", "forge")
+REFORGE = os.path.join(STANDINS, "reforge")
+SCRIPT = os.path.join(ROOT, "scripts", "arcattn_forge.py")
+HOST_PACKAGES = ("backend", "modules", "gradio", "ldm_patched")
+
+
+def _host_modules():
+    return {k: v for k, v in sys.modules.items() if k.split(".")[0] in HOST_PACKAGES}
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """Puts a stand-in root on sys.path; afterwards uninstalls arcattn and forgets every stand-in module."""
+    saved = _host_modules()
+    for k in saved:
+        del sys.modules[k]
+    added = []
+
+    def use(root):
+        sys.path.insert(0, root)
+        added.append(root)
+
+    yield use
+    forge.uninstall()
+    forge.set_generation(True, None)
+    for k in _host_modules():
+        del sys.modules[k]
+    sys.modules.update(saved)
+    for root in added:
+        sys.path.remove(root)
+
+
+def _randomize(module, rng):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=rng) * p.shape[-1] ** -0.5)
+    return module
+
+
+def _served():
+    return {name: v["served"] for name, v in arcattn.telemetry().items()}
+
+
+def _cross_attention_ref(attn, x, context, heads, mask=None):
+    """float64 CrossAttention output: the module's projections around the reference attention."""
+    lin = torch.nn.functional.linear
+    q, k, v = (lin(t, m.weight.double()) for t, m in ((x, attn.to_q), (context, attn.to_k), (context, attn.to_v)))
+    B, Sq, HD = q.shape
+    D = HD // heads
+    q4, k4, v4 = (t.view(B, -1, heads, D).transpose(1, 2) for t in (q, k, v))
+    out4, _ = attention_reference(q4, k4, v4, mask=mask)
+    out = out4.transpose(1, 2).reshape(B, Sq, HD)
+    return torch.nn.functional.linear(out, attn.to_out[0].weight.double(), attn.to_out[0].bias.double())
+
+
+# -- install / uninstall ------------------------------------------------------------------------------------
+def test_install_rebinds_every_copy_and_uninstall_restores(host):
+    host(STANDINS)
+    import backend.attention as A
+    import backend.nn.flux as FL
+    import backend.nn.t5 as T5
+    import backend.nn.unet as U
+    original = A.attention_function
+    assert U.attention_function is original and FL.attention_function is original
+
+    sites = forge.install()
+    w = A.attention_function
+    assert isinstance(w, forge.ForgeAttention) and w.original is original
+    assert U.attention_function is w and FL.attention_function is w
+    assert T5.attention_function is A.attention_pytorch  # the text encoder keeps its own SDPA on purpose
+    assert {"backend.attention.attention_function", "backend.nn.unet.attention_function",
+            "backend.nn.flux.attention_function"} <= set(sites)
+    assert forge.layouts() == ["forge"]
+
+    assert forge.install() == []  # idempotent: nothing left to rebind
+    assert A.attention_function is w and w.original is original  # never wrapped twice
+
+    restored = forge.uninstall()
+    assert A.attention_function is original and U.attention_function is original
+    assert FL.attention_function is original and T5.attention_function is A.attention_pytorch
+    assert len(restored) == 3 and not forge.installed()
+
+
+def test_modules_imported_after_install_get_the_wrapper_and_are_restored(host):
+    host(STANDINS)
+    import backend.attention as A
+    original = A.attention_function
+    forge.install()
+    import backend.nn.unet as U  # imported late: its `from backend.attention import ...` copies the wrapper
+    assert U.attention_function is A.attention_function is forge.wrappers()[0]
+    forge.uninstall()
+    assert U.attention_function is original
+
+
+def test_no_forge_installs_nothing(host):
+    assert forge.install() == [] and not forge.installed() and forge.layouts() == []
+
+
+@pytest.mark.parametrize("impl,factor", [("pytorch", 1.28), ("basic", 1.65)])
+def test_memory_estimate_factor_is_unchanged(host, monkeypatch, impl, factor):
+    monkeypatch.setenv("ARCATTN_STANDIN_FORGE_ATTENTION", impl)
+    host(STANDINS)
+    from backend.modules import k_model
+    assert k_model.memory_factor() == factor
+    forge.install()
+    assert k_model.memory_factor() == factor  # the wrapper counts as the host's own choice
+    forge.set_generation(False)
+    assert k_model.memory_factor() == factor
+
+
+# -- calls --------------------------------------------------------------------------------------------------
+def test_cross_attention_routes_through_arcattn(host, rng):
+    host(STANDINS)
+    import backend.nn.unet as U
+    attn = _randomize(U.CrossAttention(query_dim=48, context_dim=40, heads=3, dim_head=16), rng).eval()
+    attn_self = _randomize(U.CrossAttention(query_dim=48, heads=3, dim_head=16), rng).eval()
+    x = torch.randn(2, 37, 48, generator=rng)
+    ctx = torch.randn(2, 11, 40, generator=rng)
+    with torch.no_grad():
+        ref = _cross_attention_ref(attn, x.double(), ctx.double(), 3)
+        host_out = attn(x, context=ctx)
+        forge.install()
+        counter = forge.GenerationCounter()
+        counter.start()
+        before = _served()
+        out = attn(x, context=ctx)
+        self_out = attn_self(x)
+    assert rel_error(host_out, ref) < 1e-5
+    assert rel_error(out, ref) < 1e-5
+    self_ref = _cross_attention_ref(attn_self, x.double(), x.double(), 3)
+    assert rel_error(self_out, self_ref) < 1e-5
+    after = _served()
+    served = {n: after[n] - before[n] for n in after if after[n] > before[n]}
+    assert sum(served.values()) == 2, served
+    assert counter.counts() == served
+    assert counter.label() == max(served, key=served.get) and counter.label() in NAMES
+
+
+def test_disabled_hands_calls_to_the_host_untouched(host, rng):
+    host(STANDINS)
+    import backend.attention as A
+    import backend.nn.unet as U
+    original = A.attention_function
+    forge.install()
+    forge.set_generation(False, "auto")
+    q, k, v = (torch.randn(2, n, 64, generator=rng) for n in (21, 9, 9))
+    counter = forge.GenerationCounter()
+    counter.start()
+    before = _served()
+    out = U.attention_function(q, k, v, 4, None)
+    assert torch.equal(out, original(q, k, v, 4, None))
+    assert _served() == before
+    assert counter.label(enabled=False) == "off" and counter.label() == "unused"
+    forge.set_generation(True)
+    U.attention_function(q, k, v, 4, None)
+    assert _served() != before
+
+
+def test_preferred_backend_and_unknown_name(host, rng, caplog):
+    host(STANDINS)
+    import backend.nn.unet as U
+    forge.install()
+    forge.set_generation(True, "sdpa")
+    assert forge.generation_settings() == (True, "sdpa")
+    q, k, v = (torch.randn(1, 16, 32, generator=rng) for _ in range(3))
+    before = _served()
+    U.attention_function(q, k, v, 2)
+    assert _served()["sdpa"] == before["sdpa"] + 1
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        forge.set_generation(True, "no-such-backend")
+    assert forge.generation_settings() == (True, None)
+    assert "unknown backend" in caplog.text
+
+
+def test_flux_skip_reshape_layout(host, rng):
+    host(STANDINS)
+    import backend.nn.flux as FL
+    forge.install()
+    B, H, N, D = 1, 2, 24, 32
+    q, k, v = (torch.randn(B, H, N, D, generator=rng) for _ in range(3))
+    pe = FL.rope_freqs(N, D)
+    out = FL.attention(q, k, v, pe)
+    assert out.shape == (B, N, H * D)
+    qr, kr = FL.apply_rope(q, k, pe)
+    ref4, _ = attention_reference(qr, kr, v)
+    assert rel_error(out, ref4.transpose(1, 2).reshape(B, N, H * D)) < 1e-5
+
+
+def test_arcattn_failure_falls_back_to_the_host(host, rng, monkeypatch):
+    host(STANDINS)
+    import backend.attention as A
+    import backend.nn.unet as U
+    original = A.attention_function
+    forge.install()
+
+    class Broken:
+        def run(self, call, prefer=None):
+            raise RuntimeError("simulated backend crash")
+
+    monkeypatch.setattr("arcattn.hosts.common.get_router", lambda: Broken())
+    q, k, v = (torch.randn(1, 10, 32, generator=rng) for _ in range(3))
+    counter = forge.GenerationCounter()
+    counter.start()
+    out = U.attention_function(q, k, v, 2)
+    assert torch.equal(out, original(q, k, v, 2))
+    assert counter.counts() == {forge.HOST: 1} and counter.label() == forge.HOST
+
+
+# -- the older ldm_patched layout (reForge, Forge classic) --------------------------------------------------
+def test_ldm_patched_layout(host, rng):
+    host(REFORGE)
+    import ldm_patched.ldm.dit as DIT
+    import ldm_patched.ldm.modules.attention as LA
+    original = LA.optimized_attention
+    assert LA.optimized_attention_masked is original and DIT.optimized_attention is original
+    sites = forge.install()
+    assert forge.layouts() == ["ldm_patched"]
+    w = LA.optimized_attention
+    assert isinstance(w, forge.ForgeAttention) and LA.optimized_attention_masked is w and DIT.optimized_attention is w
+    assert "ldm_patched.ldm.dit.optimized_attention" in sites
+
+    attn = _randomize(LA.CrossAttention(query_dim=32, context_dim=24, heads=2, dim_head=16), rng).eval()
+    x = torch.randn(2, 19, 32, generator=rng)
+    ctx = torch.randn(2, 7, 24, generator=rng)
+    mask = torch.rand(2, 19, 7, generator=rng) > 0.3
+    mask[..., 0] = True  # every query row attends somewhere
+    before = _served()
+    with torch.no_grad():
+        out = attn(x, context=ctx)
+        out_masked = attn(x, context=ctx, mask=mask)
+        ref = _cross_attention_ref(attn, x.double(), ctx.double(), 2)
+        ref_masked = _cross_attention_ref(attn, x.double(), ctx.double(), 2, mask=mask[:, None])
+    assert rel_error(out, ref) < 1e-5 and rel_error(out_masked, ref_masked) < 1e-5
+    q, k, v = (torch.randn(1, 2, 13, 16, generator=rng) for _ in range(3))
+    out4 = DIT.attention(q, k, v)
+    ref4, _ = attention_reference(q, k, v)
+    assert rel_error(out4, ref4.transpose(1, 2).reshape(1, 13, 32)) < 1e-5
+    assert sum(_served().values()) - sum(before.values()) == 3
+
+    forge.uninstall()
+    assert LA.optimized_attention is original and LA.optimized_attention_masked is original
+    assert DIT.optimized_attention is original
+
+
+# -- the extension script -----------------------------------------------------------------------------------
+def _load_script():
+    """As Forge's script_loading.load_module does: by path, module named after the file, not in sys.modules."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(SCRIPT), SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _script_classes(mod):
+    from modules import scripts
+    return [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, scripts.Script)
+            and c is not scripts.Script]
+
+
+def test_script_ui_settings_and_infotext(host, rng):
+    host(STANDINS)
+    from modules import script_callbacks, scripts, shared
+    script_callbacks.clear_callbacks()
+    import backend.attention as A
+    import backend.nn.unet as U
+    original = A.attention_function
+    mod = _load_script()
+    (cls,) = _script_classes(mod)
+    assert isinstance(A.attention_function, forge.ForgeAttention)  # installed once, at load
+
+    # settings page
+    script_callbacks.ui_settings_callback()
+    opt_on, opt_backend = shared.opts.data_labels["arcattn_enabled"], shared.opts.data_labels["arcattn_backend"]
+    assert opt_on.section == opt_backend.section == ("arcattn", "Arc Attention")
+    assert opt_on.default is True and opt_backend.default == "auto"
+    assert opt_backend.component_args["choices"] == ["auto", *NAMES]
+
+    s = cls()
+    assert s.title() == "Arc Attention" and s.show(False) is scripts.AlwaysVisible
+    enabled, backend = s.ui(False)
+    assert enabled.value is True and enabled.accordion.kwargs["label"] == "Arc Attention"
+    assert backend.value == "auto" and backend.kwargs["choices"] == ["auto", *NAMES]
+    assert any("sdpa: available" in (c.value or "") for c in enabled.accordion.children)
+
+    attn = _randomize(U.CrossAttention(query_dim=32, heads=2, dim_head=16), rng).eval()
+    x = torch.randn(1, 20, 32, generator=rng)
+
+    # one generation with the toggle on
+    p = types.SimpleNamespace(extra_generation_params={})
+    s.process(p, True, "auto")
+    s.process_before_every_sampling(p, True, "auto", x=None, noise=None, c=None, uc=None)
+    before = _served()
+    with torch.no_grad():
+        attn(x)
+        attn(x)
+    s.postprocess_batch(p, True, "auto", images=None, batch_number=0)
+    served = {n: c - before[n] for n, c in _served().items() if c > before[n]}
+    assert p.extra_generation_params["Arc Attention"] == max(served, key=served.get)
+    s.postprocess(p, None, True, "auto")
+
+    # and one with it off: the host's function, recorded as "off"
+    p = types.SimpleNamespace(extra_generation_params={})
+    s.process(p, False, "auto")
+    s.process_before_every_sampling(p, False, "auto")
+    before = _served()
+    q, k, v = (torch.randn(1, 8, 32, generator=rng) for _ in range(3))
+    assert torch.equal(U.attention_function(q, k, v, 2), original(q, k, v, 2))
+    s.postprocess_batch(p, False, "auto", images=None, batch_number=0)
+    assert _served() == before
+    assert p.extra_generation_params["Arc Attention"] == "off"
+    s.postprocess(p, None, False, "auto")
+    assert forge.generation_settings() == (True, None)  # back to the settings' defaults after the generation
+
+    # API call without this script's args: the settings' defaults
+    shared.opts.set("arcattn_backend", "sdpa")
+    assert forge.generation_settings() == (True, "sdpa")  # onchange applies at once
+    p = types.SimpleNamespace(extra_generation_params={})
+    s.process_before_every_sampling(p)
+    assert forge.generation_settings() == (True, "sdpa")
+    shared.opts.set("arcattn_enabled", False)
+    assert s.ui(True)[0].value is False
+
+    # a UI reload unloads (restores) and loads again (installs again)
+    script_callbacks.script_unloaded_callback()
+    assert A.attention_function is original and U.attention_function is original
+
+
+def test_script_never_raises_at_import(host, monkeypatch, caplog):
+    host(STANDINS)
+    from modules import script_callbacks
+    script_callbacks.clear_callbacks()
+    import backend.attention as A
+    original = A.attention_function
+    monkeypatch.setitem(sys.modules, "arcattn.hosts.forge", None)  # importing it now raises ImportError
+    monkeypatch.delattr(arcattn.hosts, "forge")
+    with caplog.at_level(logging.ERROR, logger="arcattn"):
+        mod = _load_script()
+    assert not _script_classes(mod)
+    assert A.attention_function is original
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Forge extension not loaded" in errors[0].getMessage()
+
+
+def test_script_outside_forge_logs_one_error(host, caplog):
+    # no webui modules on the path at all (e.g. the file imported by another host)
+    with caplog.at_level(logging.ERROR, logger="arcattn"):
+        mod = _load_script()
+    assert not mod._loaded
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+def test_script_switched_off_by_environment(host, monkeypatch):
+    host(STANDINS)
+    monkeypatch.setenv("ARCATTN_FORGE", "0")
+    import backend.attention as A
+    original = A.attention_function
+    mod = _load_script()
+    assert not mod._loaded and not _script_classes(mod) and A.attention_function is original
