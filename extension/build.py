@@ -1,14 +1,20 @@
 """Build arcattn's native module, arcattn._xmx.
 
     python extension/build.py                      SYCL/ESIMD kernel for Xe2 (icpx, ahead of time for bmg-g21)
-                                                   -> arcattn/_native/_xmx<python suffix>
+                                                   -> arcattn/_native/_xmx.sycl<N><python suffix>
     python extension/build.py --cpu-reference      the same binding around the plain C++ reference body (g++)
                                                    -> extension/build/cpu-reference/_xmx<python suffix>
 
-Both skip the work when nothing that went into the output changed (a stamp next to it holds a hash of the
-sources, the command, the compiler and the Python), so a second run costs milliseconds. Importable:
-`main(argv) -> int` (install.py --build-native calls it). Exit codes: 0 built or up to date, 1 build failed,
-2 a tool is missing (the message says which and how to get it).
+<N> is the major version of the SYCL runtime the compiler builds against (__LIBSYCL_MAJOR_VERSION in its
+sycl/version.hpp: libsycl.so.<N> on Linux, sycl<N>.dll on Windows; 8 for oneAPI 2025.x, 9 for 2026.x). The module
+runs on torch's SYCL queue, so it must share torch's SYCL runtime: binaries for several runtimes can sit side by
+side in arcattn/_native/ and the loader takes the one matching torch. On Windows the SYCL build needs the Ninja
+generator (pip install ninja): with Visual Studio's, the device code would be silently left out.
+
+Both skip the work when nothing that went into the output changed (a stamp holds a hash of the sources, the
+command, the compiler and the Python), so a second run costs milliseconds. Importable: `main(argv) -> int`
+(install.py --build-native calls it). Exit codes: 0 built or up to date, 1 build failed, 2 a tool is missing (the
+message says which and how to get it).
 
 The CPU reference build goes under extension/build/ (git-ignored, never packaged) and is only ever loaded when a
 caller allows it explicitly (tests); the SYCL build goes into the package, where arcattn's loader looks.
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -34,9 +41,16 @@ SRC = EXT_DIR / "src"
 KERNEL = ROOT / "kernel"
 MODULE = "_xmx"
 DEFAULT_AOT_DEVICES = "bmg-g21"
+NATIVE_DIR = ROOT / "arcattn" / "_native"
+SYCL_BUILD_DIR = EXT_DIR / "build" / "sycl"  # CMake trees (cmake-sycl<N>/) and the stamps of the package's binaries
+IS_WINDOWS = os.name == "nt"
+NINJA_HINT = ("the SYCL build on Windows needs the Ninja generator and ninja was not found: pip install ninja "
+              "(with Visual Studio's generator, link.exe drops the SYCL device link and the module would have no "
+              "device code), then run this again")
 ONEAPI_HINT = ("Intel oneAPI DPC++/C++ compiler not found. It is only needed to build the native XMX kernel "
                "yourself (arcattn works without it: Triton and SDPA serve every call). Install the Intel oneAPI "
-               "Base Toolkit 2025 (matching your torch XPU build, see torch.version.xpu), then activate it: "
+               "Base Toolkit of the release your torch XPU build uses (2025.x up to torch 2.12, 2026.x for torch 2.13; "
+               "torch.version.xpu and docs/native.md tell), then activate it: "
                "`source /opt/intel/oneapi/setvars.sh` (Linux) or "
                "`\"C:\\Program Files (x86)\\Intel\\oneAPI\\setvars.bat\"` (Windows), and run this again.")
 
@@ -50,8 +64,9 @@ def cpu_reference_output() -> Path:
     return EXT_DIR / "build" / "cpu-reference" / (MODULE + ext_suffix())
 
 
-def sycl_output() -> Path:
-    return ROOT / "arcattn" / "_native" / (MODULE + ext_suffix())
+def sycl_output(sycl_major: int, out_dir: Optional[Path] = None) -> Path:
+    """Where the SYCL build for SYCL runtime `sycl_major` goes: _xmx.sycl<N><python suffix>."""
+    return Path(out_dir or NATIVE_DIR) / f"{MODULE}.sycl{int(sycl_major)}{ext_suffix()}"
 
 
 def sources() -> list:
@@ -86,9 +101,9 @@ def _stamp(command: Sequence[str], compiler_version: str) -> str:
 
 def stamp_file(out: Path) -> Path:
     """The stamp of a build output: next to it for the CPU reference (already in the git-ignored build dir),
-    in extension/build/sycl/ for the SYCL module (nothing but the binary goes into the package)."""
-    if out.parent == sycl_output().parent:
-        return EXT_DIR / "build" / "sycl" / (out.name + ".stamp")
+    in extension/build/sycl/ for the package's SYCL modules (nothing but the binary goes into the package)."""
+    if out.name.startswith(MODULE + ".sycl"):
+        return SYCL_BUILD_DIR / (out.name + ".stamp")
     return out.with_name(out.name + ".stamp")
 
 
@@ -123,7 +138,7 @@ def _pybind11_include() -> str:
 
 def cpu_reference_command(out: Path, cxx: Optional[str] = None) -> list:
     """The compile-and-link command of the CPU reference module (one translation unit)."""
-    if os.name == "nt":
+    if IS_WINDOWS:
         raise ToolMissing("the CPU reference build is driven by g++/clang++; on Windows configure "
                           "extension/CMakeLists.txt with -DARCATTN_CPU_REFERENCE=ON instead")
     cxx = cxx or _find_cxx()
@@ -166,7 +181,7 @@ def build_cpu_reference(out: Optional[Path] = None, force: bool = False, quiet: 
 # -- SYCL / ESIMD (icpx through CMake) --------------------------------------------------------------------------
 def find_sycl_compiler() -> str:
     """icpx (Linux) / icx (Windows) from an activated oneAPI environment, or ToolMissing with instructions."""
-    names = ("icx", "icpx") if os.name == "nt" else ("icpx",)
+    names = ("icx", "icpx") if IS_WINDOWS else ("icpx",)
     for n in (os.environ.get("ARCATTN_SYCL_CXX"), *names):
         if n and shutil.which(n):
             return shutil.which(n)
@@ -178,7 +193,46 @@ def find_sycl_compiler() -> str:
     raise ToolMissing(hint)
 
 
-def sycl_configure_command(build_dir: Path, out_dir: Path, compiler: str, devices: str) -> list:
+def sycl_version_headers(compiler: str) -> list:
+    """Where the compiler's sycl/version.hpp may be: <root>/include/sycl/ next to <root>/bin/icpx (oneAPI 2023 and
+    later; <root>/linux/include before), and $CMPLR_ROOT, which setvars exports."""
+    bins = []
+    for p in (Path(compiler), Path(compiler).resolve()):
+        if p.parent not in bins:
+            bins.append(p.parent)
+    heads = [b.parent / sub / "sycl" / "version.hpp" for b in bins for sub in ("include", Path("linux", "include"))]
+    if os.environ.get("CMPLR_ROOT"):
+        heads.append(Path(os.environ["CMPLR_ROOT"], "include", "sycl", "version.hpp"))
+    return heads
+
+
+def sycl_major_of(compiler: str) -> Optional[int]:
+    """__LIBSYCL_MAJOR_VERSION of the compiler's SYCL headers, or None when no header could be read. The
+    SYCL translation unit static_asserts the same value, so a wrong header here fails the build, not a user."""
+    for h in sycl_version_headers(compiler):
+        try:
+            m = re.search(r"#define\s+__LIBSYCL_MAJOR_VERSION\s+(\d+)", h.read_text(errors="replace"))
+        except OSError:
+            continue
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def find_ninja() -> Optional[str]:
+    found = shutil.which("ninja")
+    if found:
+        return found
+    try:  # pip install ninja puts the executable in the package; its Scripts/ dir is not always on PATH
+        import ninja
+        cand = Path(ninja.BIN_DIR, "ninja.exe" if IS_WINDOWS else "ninja")
+        return str(cand) if cand.is_file() else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def sycl_configure_command(build_dir: Path, out_dir: Path, compiler: str, devices: str, sycl_major: int,
+                           ninja: Optional[str] = None) -> list:
     try:
         import pybind11
     except ImportError:
@@ -186,24 +240,46 @@ def sycl_configure_command(build_dir: Path, out_dir: Path, compiler: str, device
     cmd = ["cmake", "-S", str(EXT_DIR), "-B", str(build_dir), f"-DCMAKE_CXX_COMPILER={compiler}",
            "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}",
            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DARCATTN_OUTPUT_DIR={out_dir}",
-           f"-DARCATTN_XMX_AOT_DEVICES={devices}"]
-    if shutil.which("ninja"):
-        cmd += ["-G", "Ninja"]
+           f"-DARCATTN_XMX_AOT_DEVICES={devices}", f"-DARCATTN_SYCL_MAJOR={int(sycl_major)}"]
+    if ninja:
+        cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
     return cmd
 
 
+def _cached_generator(build_dir: Path) -> Optional[str]:
+    try:
+        text = (build_dir / "CMakeCache.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^CMAKE_GENERATOR:INTERNAL=(.*)$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
 def build_sycl(devices: str = DEFAULT_AOT_DEVICES, force: bool = False, quiet: bool = False,
-               jobs: Optional[int] = None) -> Path:
+               jobs: Optional[int] = None, sycl_major: Optional[int] = None,
+               out_dir: "Optional[Path]" = None) -> Path:
     compiler = find_sycl_compiler()
     if not shutil.which("cmake"):
         raise ToolMissing("cmake not found: pip install cmake (and ninja), then run this again")
-    out = sycl_output()
-    build_dir = EXT_DIR / "build" / "sycl"
-    configure = sycl_configure_command(build_dir, out.parent, compiler, devices)
+    ninja = find_ninja()
+    if ninja is None and IS_WINDOWS:
+        raise ToolMissing(NINJA_HINT)
+    major = sycl_major if sycl_major is not None else sycl_major_of(compiler)
+    if major is None:
+        tried = ", ".join(str(h) for h in sycl_version_headers(compiler))
+        raise RuntimeError(f"cannot tell which SYCL runtime {compiler} builds against: no __LIBSYCL_MAJOR_VERSION "
+                           f"in {tried}; pass --sycl-major N (the N of the compiler's libsycl.so.N / syclN.dll)")
+    out = sycl_output(major, out_dir)
+    build_dir = SYCL_BUILD_DIR / f"cmake-sycl{major}"
+    configure = sycl_configure_command(build_dir, out.parent, compiler, devices, major, ninja)
     stamp = _stamp(configure, _tool_version(compiler))
     if not force and _up_to_date(out, stamp):
         _say(quiet, f"native XMX module up to date: {out}")
         return out
+    if ninja and _cached_generator(build_dir) not in (None, "Ninja"):
+        # CMake refuses to switch generators in an existing tree; this one is ours, start it afresh
+        shutil.rmtree(build_dir, ignore_errors=True)
+    _say(quiet, f"SYCL runtime {major} (libsycl.so.{major} / sycl{major}.dll) -> {out.name}")
     _say(quiet, "configuring:", " ".join(configure))
     subprocess.run(configure, check=True, capture_output=quiet)
     build = ["cmake", "--build", str(build_dir), "--config", "Release", "--parallel", str(jobs or os.cpu_count() or 2)]
@@ -211,7 +287,8 @@ def build_sycl(devices: str = DEFAULT_AOT_DEVICES, force: bool = False, quiet: b
     subprocess.run(build, check=True, capture_output=quiet)
     if not out.is_file():
         raise RuntimeError(f"the build finished but {out} is missing")
-    _write_stamp(out, stamp, {"kind": "sycl-esimd", "devices": devices, "compiler": _tool_version(compiler)})
+    _write_stamp(out, stamp, {"kind": "sycl-esimd", "devices": devices, "sycl_major": major,
+                              "compiler": _tool_version(compiler)})
     _say(quiet, f"built {out}")
     return out
 
@@ -222,6 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="build the plain C++ reference body with g++ (tests; never used for real calls)")
     ap.add_argument("--devices", default=os.environ.get("ARCATTN_XMX_AOT_DEVICES", DEFAULT_AOT_DEVICES),
                     help="ahead-of-time targets for ocloc (-Xs -device ...), default bmg-g21")
+    ap.add_argument("--sycl-major", type=int, default=None,
+                    help="SYCL runtime major the compiler builds against (default: read from its sycl/version.hpp)")
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     ap.add_argument("--quiet", action="store_true", help="print nothing unless something fails")
     ap.add_argument("--jobs", type=int, default=None)
@@ -230,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cpu_reference:
             build_cpu_reference(force=args.force, quiet=args.quiet)
         else:
-            build_sycl(devices=args.devices, force=args.force, quiet=args.quiet, jobs=args.jobs)
+            build_sycl(devices=args.devices, force=args.force, quiet=args.quiet, jobs=args.jobs,
+                       sycl_major=args.sycl_major)
     except ToolMissing as e:
         print(f"[arcattn build] {e}", file=sys.stderr)
         return 2

@@ -111,6 +111,32 @@ def test_layouts(xmx, rng, layout, D, dtype):
     _check(xmx, rng, layout, 2, 5, 45, 70, D, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("H", [2, 3])
+def test_row_shifted_surfaces(xmx, module, rng, H, dtype):
+    """The loader's self-test case for the y0 > 0 path: contiguous (B, H, S, D) at D = 40 (80-byte rows), Sq = 37,
+    Sk = 77. Head h starts h * S * 80 bytes in, 16, 32 or 48 bytes past a 64-byte boundary, so its 2-D block surface
+    is moved back by whole rows (kernel/schedule.hpp head_surface). Checked against float64, and asserted to take
+    that path for q, k, v and out."""
+    B, Sq, Sk, D = 1, 37, 77, 40
+    q, k, v = (_tensor(rng, "bhsd", B, H, S, D, dtype) for S in (Sq, Sk, Sk))
+    out = torch.full_like(q, float("nan"))
+    for t, rows in ((q, Sq), (k, Sk), (v, Sk), (out, Sq)):
+        y0 = [module.head_surface(t.data_ptr(), tuple(t.stride()), 0, h, rows, D)["y0"] for h in range(H)]
+        assert y0[0] == 0 and y0[1] > 0, y0
+    _forward(xmx, q, k, v, out)
+    ref, _ = attention_reference(q, k, v)
+    err = rel_error(out, ref)
+    assert err < TOL[dtype], f"row-shifted H={H} {dtype}: rel error {err:.3g}"
+
+
+def test_binary_reports_its_kernel_instances(module):
+    """The host model registers one kernel id per instance the kernel's dispatch instantiates (as the SYCL runtime
+    does for a device image): fp16 and bf16 for every head dim, named after the kernel class."""
+    info = module.device_info()
+    assert info["kernels"] == 2 * len(HEAD_DIMS) and info["kernel_name"] == "ArcattnXmxAttention"
+
+
 @pytest.mark.parametrize("order", ["rising", "falling", "large"])
 def test_online_softmax_rescaling(xmx, rng, order):
     """Scores that rise block after block (rescale every step), fall (never after the first), or are large."""

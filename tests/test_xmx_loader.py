@@ -2,6 +2,7 @@
 are served by the other backends; the CPU reference (explicitly allowed) serves calls through the router."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import textwrap
@@ -46,20 +47,33 @@ def _fake(tmp_path: Path, body: str, name: str = "_xmx.py") -> Path:
     return p
 
 
-FAKE_OK_INFO = '{"abi": 1, "kind": %r, "head_dims": [40, 64], "dtypes": ["float16"]}'
-
-
-def _fake_module(tmp_path, *, abi=1, kind="cpu-reference", forward="pass", check="''"):
+def _fake_module(tmp_path, *, abi=2, kind="cpu-reference", forward="pass", check="''", sycl_major=8, kernels=2,
+                 name="_xmx.py"):
+    """A stand-in binary. Its device_info() claims head dims 40 and 64 in float16, i.e. 2 kernel instances."""
+    info = {"abi": abi, "kind": kind, "head_dims": [40, 64], "dtypes": ["float16"],
+            "kernel_name": "ArcattnXmxAttention", "sycl_major": sycl_major if kind == "sycl-esimd" else None,
+            "kernels": kernels}
     return _fake(tmp_path, f"""
         def abi_version():
             return {abi}
         def device_info():
-            return {FAKE_OK_INFO % kind}
+            return {info!r}
         def check_device(queue):
             return {check}
         def forward(*args):
             {forward}
-    """)
+    """, name=name)
+
+
+@pytest.fixture
+def torch_runtime(monkeypatch):
+    """Set what the loader finds out about torch's SYCL runtime: torch_runtime(8) or torch_runtime(None)."""
+    def set_major(major, source="test: libsycl.so.%s is loaded"):
+        rt = xmx_mod.SyclRuntime(major, source % major if "%s" in source else source)
+        monkeypatch.setattr(xmx_mod, "torch_sycl_runtime", lambda: rt)
+        return rt
+    set_major(None, "test: nothing found")
+    return set_major
 
 
 def _served_by_fallback(backend: XMXBackend, rng) -> None:
@@ -148,7 +162,7 @@ def test_unknown_kind(tmp_path):
     assert "unknown kind" in why
 
 
-def test_real_kernel_without_an_xpu(tmp_path, rng):
+def test_real_kernel_without_an_xpu(tmp_path, rng, torch_runtime):
     b = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd"))
     assert "no Intel XPU" in b.unavailable_reason()
     _served_by_fallback(b, rng)
@@ -164,7 +178,7 @@ def _pretend_xpu(monkeypatch, **props):
     monkeypatch.setattr(torch, "xpu", fake, raising=False)
 
 
-def test_wrong_device_reported_by_the_binary(tmp_path, rng, monkeypatch):
+def test_wrong_device_reported_by_the_binary(tmp_path, rng, monkeypatch, torch_runtime):
     _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
     path = _fake_module(tmp_path, kind="sycl-esimd",
                         check="'device is intel_gpu_acm_g10; compiled for bmg-g21' if queue == 0xABC else 'queue?'")
@@ -175,7 +189,7 @@ def test_wrong_device_reported_by_the_binary(tmp_path, rng, monkeypatch):
     _served_by_fallback(b, rng)
 
 
-def test_wrong_device_without_2d_block_io(tmp_path, monkeypatch):
+def test_wrong_device_without_2d_block_io(tmp_path, monkeypatch, torch_runtime):
     _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=False)
     why = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd")).unavailable_reason()
     assert "2-D block I/O" in why and "not an Xe2 GPU" in why
@@ -211,6 +225,228 @@ def test_self_test_catches_a_subtly_wrong_kernel(tmp_path, cpu_binary, rng):
     b = XMXBackend(path, allow_cpu_reference=True)
     assert b.unavailable_reason().startswith("self-test failed")
     _served_by_fallback(b, rng)
+
+
+def _wrapping_fake(tmp_path, cpu_binary, body: str) -> Path:
+    """A stand-in that delegates to the CPU reference build except where `body` (the text of forward) says."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    head = textwrap.dedent(f"""\
+        import importlib.util
+        _spec = importlib.util.spec_from_file_location("_xmx", {str(cpu_binary)!r})
+        _real = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(_real)
+        abi_version, device_info, check_device = _real.abi_version, _real.device_info, _real.check_device
+        calls = []
+        def forward(*args):
+            calls.append(args)
+        """)
+    return _fake(tmp_path, head + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n")
+
+
+def test_self_test_runs_the_row_shifted_surface_case(tmp_path, cpu_binary):
+    """The self-test runs contiguous (B, H, S, D) at D = 40 with Sk = 77, whose head 1 starts 16 bytes past a
+    64-byte boundary: the kernel's y0 > 0 surface path. A binary wrong only there must fail it."""
+    ok = XMXBackend(_wrapping_fake(tmp_path / "ok", cpu_binary, "_real.forward(*args)"), allow_cpu_reference=True)
+    assert ok.unavailable_reason() is None
+    B, H, Sq, Sk = (xmx_mod.SELFTEST_SHAPE[k] for k in ("B", "H", "Sq", "Sk"))
+    contiguous_k = (H * Sk * 40, Sk * 40, 40, 1)
+    shifted = [a for a in ok._mod.calls if a[9] == 40 and tuple(a[11]) == contiguous_k]
+    assert len(shifted) == len(ok.dtypes) == 2  # once per dtype
+    for a in shifted:  # and those inputs really take the row-shifted path for head 1
+        for ptr, strides, rows in ((a[1], a[11], Sk), (a[0], a[10], Sq), (a[3], a[13], Sq)):
+            assert ok._mod._real.head_surface(ptr, strides, 0, 1, rows, 40)["y0"] > 0
+    wrong = XMXBackend(_wrapping_fake(tmp_path / "wrong", cpu_binary, f"""
+        if not (args[9] == 40 and tuple(args[11]) == {contiguous_k!r}):
+            _real.forward(*args)  # the row-shifted case is left unwritten (NaN)
+    """), allow_cpu_reference=True)
+    why = wrong.unavailable_reason()
+    assert why.startswith("self-test failed") and "D=40" in why and "bhsd" in why
+
+
+# -- SYCL runtime: which one torch uses, and binaries built for another -------------------------------------------
+@pytest.mark.parametrize("name,major", [("libsycl.so.8", 8), ("libsycl.so.9.0.0", 9), ("sycl8.dll", 8),
+                                        ("SYCL9.DLL", 9), ("libsycl-preview.so.8", None), ("sycl.dll", None),
+                                        ("libsycl.so", None), ("sycl8d.dll", None), ("libur_loader.so.0", None)])
+def test_sycl_library_names(name, major):
+    assert xmx_mod.sycl_major_of_library(name) == major
+
+
+def _no_runtime_sources(monkeypatch, loaded=(), dist_version=None, dist_files=None):
+    monkeypatch.setattr(xmx_mod, "loaded_library_paths", lambda: list(loaded))
+    monkeypatch.setattr(xmx_mod, "torch", SimpleNamespace(__file__="/nonexistent/torch/__init__.py",
+                                                          version=SimpleNamespace(xpu="20250302")))
+
+    def version(name):
+        if name != xmx_mod.SYCL_RUNTIME_DIST or dist_version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dist_version
+
+    monkeypatch.setattr(xmx_mod.importlib.metadata, "version", version)
+    monkeypatch.setattr(xmx_mod.importlib.metadata, "files", lambda name: dist_files)
+
+
+def test_torch_sycl_runtime_from_the_loaded_library(monkeypatch):
+    _no_runtime_sources(monkeypatch, loaded=["/usr/lib/x86_64-linux-gnu/libc.so.6",
+                                             "/venv/lib/libsycl.so.8", "/venv/lib/libur_loader.so.0"],
+                        dist_version="2026.0.0")
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major == 8 and "/venv/lib/libsycl.so.8 is loaded" in rt.source  # what is loaded beats the metadata
+
+
+def test_torch_sycl_runtime_from_the_wheel(monkeypatch):
+    _no_runtime_sources(monkeypatch, dist_version="2025.3.2", dist_files=["../../../lib/libsycl.so.8", "x/LICENSE"])
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major == 8 and "intel-sycl-rt 2025.3.2 installs libsycl.so.8" in rt.source
+    _no_runtime_sources(monkeypatch, dist_version="2026.0.0", dist_files=None)  # no RECORD: the release year
+    assert xmx_mod.torch_sycl_runtime().major == 9
+
+
+def test_torch_sycl_runtime_with_two_loaded_runtimes_falls_through(monkeypatch):
+    _no_runtime_sources(monkeypatch, loaded=["/a/libsycl.so.8", "/b/libsycl.so.9"], dist_version="2025.3.2")
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major == 8 and "intel-sycl-rt 2025.3.2" in rt.source
+    _no_runtime_sources(monkeypatch, loaded=["/a/libsycl.so.8", "/b/libsycl.so.9"])
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major is None and "[8, 9] are all loaded" in rt.source
+
+
+def test_torch_sycl_runtime_undeterminable(monkeypatch):
+    _no_runtime_sources(monkeypatch, dist_version="2031.0.0")
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major is None
+    for part in ("no libsycl.so.N / syclN.dll is loaded", "torch/lib", "intel-sycl-rt 2031.0.0",
+                 "torch.version.xpu = 20250302"):
+        assert part in rt.source
+
+
+def test_torch_sycl_runtime_on_this_machine():
+    """Whatever this machine has, the answer is well-formed (CPU torch here: nothing loaded, so None)."""
+    rt = xmx_mod.torch_sycl_runtime()
+    assert rt.major is None or rt.major >= 7
+    assert rt.source
+
+
+def _files(tmp_path, *names):
+    for n in names:
+        (tmp_path / n).write_bytes(b"\x7fELF")
+
+
+def test_find_binary_picks_the_one_for_torchs_sycl_runtime(tmp_path):
+    sfx = xmx_mod._suffixes()[0]
+    _files(tmp_path, f"_xmx.sycl8{sfx}", f"_xmx.sycl9{sfx}", "_xmx.sycl9.cpython-399-x86_64-linux-gnu.so")
+    assert xmx_mod.find_binary(tmp_path, 8) == (tmp_path / f"_xmx.sycl8{sfx}", None)
+    assert xmx_mod.find_binary(tmp_path, 9) == (tmp_path / f"_xmx.sycl9{sfx}", None)
+    path, why = xmx_mod.find_binary(tmp_path, 7)
+    assert path is None and "torch's (SYCL runtime 7)" in why and f"_xmx.sycl7{sfx}" in why
+    path, why = xmx_mod.find_binary(tmp_path, None)  # unknown runtime and two candidates: no guessing
+    assert path is None and "could not be determined" in why and "ARCATTN_XMX_PATH" in why
+
+
+def test_find_binary_with_one_or_untagged_binaries(tmp_path):
+    sfx = xmx_mod._suffixes()[0]
+    _files(tmp_path, f"_xmx.sycl9{sfx}")
+    assert xmx_mod.find_binary(tmp_path, None)[0] == tmp_path / f"_xmx.sycl9{sfx}"  # one candidate: checked later
+    _files(tmp_path, f"_xmx{sfx}")
+    assert xmx_mod.find_binary(tmp_path, 8)[0] == tmp_path / f"_xmx{sfx}"  # untagged: its device_info decides
+    assert xmx_mod.find_binary(tmp_path, 9)[0] == tmp_path / f"_xmx.sycl9{sfx}"
+
+
+def test_sycl_esimd_binary_for_another_runtime_is_refused(tmp_path, rng, monkeypatch, torch_runtime, caplog):
+    """The binary says SYCL 9, torch loaded SYCL 8: refused with both numbers and where torch's came from, before
+    the binary ever sees torch's queue."""
+    torch_runtime(8)
+    _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
+    path = _fake_module(tmp_path, kind="sycl-esimd", sycl_major=9, check="(_ for _ in ()).throw(AssertionError)")
+    b = XMXBackend(path)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        why = b.unavailable_reason()
+    assert "built against SYCL runtime 9" in why and "torch uses SYCL runtime 8" in why
+    assert "libsycl.so.8 is loaded" in why and f"_xmx.sycl8{xmx_mod._suffixes()[0]}" in why
+    assert "xmx backend unavailable" in caplog.text  # a user with an Arc GPU is told
+    assert b.details()["sycl_runtime"]["torch"] == 8
+    monkeypatch.undo()
+    _served_by_fallback(b, rng)
+
+
+def test_tagged_binary_for_another_runtime_is_not_even_imported(tmp_path, torch_runtime):
+    torch_runtime(9)
+    path = _fake(tmp_path, "raise AssertionError('imported')", name="_xmx.sycl8.py")
+    why = XMXBackend(path).unavailable_reason()
+    assert "built against SYCL runtime 8" in why and "torch uses SYCL runtime 9" in why
+
+
+def test_directory_with_only_other_runtimes(tmp_path, torch_runtime, caplog):
+    torch_runtime(9)
+    _files(tmp_path, f"_xmx.sycl8{xmx_mod._suffixes()[0]}")
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        why = XMXBackend(tmp_path).unavailable_reason()
+    assert "other SYCL runtimes than torch's (SYCL runtime 9)" in why
+    assert "xmx backend unavailable" in caplog.text
+
+
+def test_matching_sycl_runtime_passes_the_check(tmp_path, monkeypatch, torch_runtime):
+    torch_runtime(8)
+    _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
+    monkeypatch.setattr(XMXBackend, "self_test", lambda self: None)  # no XPU tensors on this machine
+    b = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", sycl_major=8))
+    assert b.unavailable_reason() is None and b.kind == "sycl-esimd"
+    assert b.details()["sycl_runtime"] == {"torch": 8, "source": "test: libsycl.so.8 is loaded", "binary": 8,
+                                           "note": None}
+
+
+def test_undeterminable_torch_runtime_is_noted_not_refused(tmp_path, monkeypatch, torch_runtime, caplog):
+    """When torch's SYCL runtime cannot be found out, the binary is used (it may well be right), the fact is logged
+    once per process, and doctor's details, the description and any later reason carry it."""
+    torch_runtime(None, "test: nothing found")
+    _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
+    monkeypatch.setattr(XMXBackend, "self_test", lambda self: None)
+    monkeypatch.setattr(xmx_mod, "_unknown_runtime_logged", set())
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        first = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", sycl_major=8))
+        assert first.unavailable_reason() is None
+        second = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", sycl_major=8))
+        assert second.unavailable_reason() is None
+    notes = [r.message for r in caplog.records if "could not be determined" in r.message]
+    assert len(notes) == 1 and "test: nothing found" in notes[0] and "SYCL runtime 8" in notes[0]
+    assert "could not be determined" in first.details()["sycl_runtime"]["note"]
+    assert "could not be determined" in first.description
+    assert "could not be determined" not in XMXBackend.description  # the class is untouched
+    # refused later for another reason: the reason carries the note too
+    third = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", check="'device is intel_gpu_acm_g10'"))
+    why = third.unavailable_reason()
+    assert "intel_gpu_acm_g10" in why and "[note: torch's SYCL runtime could not be determined" in why
+
+
+def test_sycl_esimd_binary_that_does_not_name_its_runtime(tmp_path, monkeypatch, torch_runtime):
+    torch_runtime(8)
+    _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
+    why = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", sycl_major=None)).unavailable_reason()
+    assert "does not say which SYCL runtime" in why
+
+
+@pytest.mark.parametrize("kernels", [0, 1, -1, None])
+def test_sycl_esimd_binary_with_missing_kernels(tmp_path, monkeypatch, torch_runtime, kernels):
+    """A link that dropped the device image (Windows without Ninja) still imports and describes itself; its kernel
+    count gives it away."""
+    torch_runtime(8)
+    _pretend_xpu(monkeypatch, has_subgroup_matrix_multiply_accumulate=True, has_subgroup_2d_block_io=True)
+    why = XMXBackend(_fake_module(tmp_path, kind="sycl-esimd", kernels=kernels)).unavailable_reason()
+    if kernels == -1:
+        assert "failed to list its kernels" in why
+    else:
+        assert f"{kernels!r} of its 2 kernels" in why and "device code is missing" in why
+
+
+def test_cpu_reference_reports_all_its_kernels(cpu_binary):
+    info = xmx_mod.load_module(cpu_binary).device_info()
+    assert info["kernels"] == len(info["head_dims"]) * len(info["dtypes"]) == 10
+    assert info["sycl_major"] is None and info["sycl_version"] is None
+    assert XMXBackend(cpu_binary, allow_cpu_reference=True).unavailable_reason() is None
+
+
+def test_cpu_reference_with_a_wrong_kernel_count_is_refused(tmp_path):
+    why = XMXBackend(_fake_module(tmp_path, kernels=3), allow_cpu_reference=True).unavailable_reason()
+    assert "3 of its 2 kernels" in why
 
 
 # -- the CPU reference, allowed, through the router -------------------------------------------------------------

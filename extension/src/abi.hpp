@@ -1,9 +1,17 @@
 // arcattn._xmx binary interface, version ARCATTN_XMX_ABI. Host-only (both builds: SYCL and CPU reference).
 //
-// ABI 1 (what arcattn/backends/xmx.py calls; bump ARCATTN_XMX_ABI on any change to these signatures or meanings):
+// ABI 2 (what arcattn/backends/xmx.py calls; bump ARCATTN_XMX_ABI on any change to these signatures or meanings):
 //   abi_version() -> int
 //   device_info() -> dict   {"abi", "kind": "sycl-esimd" | "cpu-reference", "head_dims", "dtypes",
-//                            "targets", "compiler", "rows_per_thread", "key_block", "threads_per_group"}
+//                            "targets", "compiler", "rows_per_thread", "key_block", "threads_per_group",
+//                            "sycl_major", "sycl_version", "kernels", "kernel_name"}
+//       sycl_major / sycl_version: the SYCL runtime the binary was compiled against (__LIBSYCL_MAJOR_VERSION and
+//       "major.minor.patch" from <sycl/version.hpp>; libsycl.so.<major> / sycl<major>.dll), None in the CPU
+//       reference. The loader refuses a binary whose major differs from the runtime torch loaded: the module works
+//       on torch's sycl::queue, which only the same runtime may touch.
+//       kernels: how many of the SYCL runtime's kernel ids (sycl::get_kernel_ids()) carry kernel_name, i.e. how
+//       many kernel instances the binary's device image registered; it must be 2 * len(head_dims) (fp16 and bf16
+//       for each head dim). In the CPU reference the same count comes from the host model.
 //   check_device(queue: int) -> str
 //       "" when the device behind the sycl::queue* `queue` can run this binary, else why not.
 //   forward(q, k, v, o, dtype, B, H, Sq, Sk, D, q_strides, k_strides, v_strides, o_strides, scale, queue) -> None
@@ -12,7 +20,8 @@
 //       reference, which computes synchronously on host memory). The kernel is enqueued, not waited for.
 //       Raises ValueError when the arguments break a rule below (nothing is launched then).
 // The CPU reference build also has forward_kernel_model(...) (same arguments): kernel/xmx_attention_esimd.hpp
-// itself, run through the host model of ESIMD in host_model/. It is a test aid, not part of the ABI.
+// itself, run through the host model of ESIMD in host_model/, and head_surface(...), the 2-D block surface the
+// kernel would use for one head. Both are test aids, not part of the ABI.
 #pragma once
 
 #include <cmath>
@@ -21,11 +30,16 @@
 
 #include "schedule.hpp"
 
-#define ARCATTN_XMX_ABI 1
+#define ARCATTN_XMX_ABI 2
 
 namespace arcattn {
 
 enum DType : int { kFloat16 = 0, kBFloat16 = 1 };
+
+// The kernel name class of kernel/xmx_attention_esimd.hpp. SYCL kernel ids are named by the mangled type
+// (e.g. _ZTSN7arcattn3xmx19ArcattnXmxAttentionI...Li48EEE), so it is matched as a substring, not a prefix.
+constexpr const char* kKernelName = "ArcattnXmxAttention";
+constexpr int kNumKernelInstances = 2 * xmx::kNumHeadDims;  // float16 and bfloat16 for every head dim
 
 struct TensorArg {
   uint64_t ptr;

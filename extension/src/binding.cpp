@@ -22,8 +22,9 @@
 #ifdef ARCATTN_CPU_REFERENCE
 #include "cpu_reference.hpp"
 #ifdef ARCATTN_KERNEL_HOST_MODEL
-// The real kernel source, compiled against the host model of SYCL/ESIMD in host_model/ (see its header).
-#include "xmx_attention_esimd.hpp"
+// The real kernel source and its instances, compiled against the host model of SYCL/ESIMD in host_model/ (see its
+// header).
+#include "kernel_instances.hpp"
 #endif
 #else
 #include "sycl_backend.hpp"  // implemented in sycl_forward.cpp, the only -fsycl translation unit
@@ -86,6 +87,20 @@ py::dict device_info() {
   d["rows_per_thread"] = rows;
   d["key_block"] = arcattn::xmx::kKeyBlock;
   d["threads_per_group"] = arcattn::xmx::kThreadsPerGroup;
+  d["kernel_name"] = arcattn::kKernelName;
+#ifdef ARCATTN_CPU_REFERENCE
+  d["sycl_major"] = py::none();  // no SYCL runtime in this build
+  d["sycl_version"] = py::none();
+#ifdef ARCATTN_KERNEL_HOST_MODEL
+  d["kernels"] = arcattn::count_kernel_ids();  // the host model's registry: same instances, same count
+#else
+  d["kernels"] = py::none();
+#endif
+#else
+  d["sycl_major"] = arcattn::sycl_backend::sycl_major();
+  d["sycl_version"] = arcattn::sycl_backend::sycl_version();
+  d["kernels"] = arcattn::sycl_backend::kernel_count();
+#endif
   return d;
 }
 
@@ -134,18 +149,6 @@ void forward(uint64_t q, uint64_t k, uint64_t v, uint64_t o, int dtype, int B, i
 }
 
 #ifdef ARCATTN_KERNEL_HOST_MODEL
-template <typename T>
-void model_dispatch(sycl::queue& q, const arcattn::xmx::KernelParams& p) {
-  switch (arcattn::xmx::padded_head_dim(p.D)) {
-    case 48: arcattn::xmx::launch_attention<T, 48>(q, p); break;
-    case 64: arcattn::xmx::launch_attention<T, 64>(q, p); break;
-    case 80: arcattn::xmx::launch_attention<T, 80>(q, p); break;
-    case 128: arcattn::xmx::launch_attention<T, 128>(q, p); break;
-    case 160: arcattn::xmx::launch_attention<T, 160>(q, p); break;
-    default: break;
-  }
-}
-
 // kernel/xmx_attention_esimd.hpp itself, run on the CPU through the host model (same arguments as forward).
 void forward_kernel_model(uint64_t q, uint64_t k, uint64_t v, uint64_t o, int dtype, int B, int H, int Sq, int Sk,
                           int D, const Strides& qs, const Strides& ks, const Strides& vs, const Strides& os,
@@ -154,11 +157,23 @@ void forward_kernel_model(uint64_t q, uint64_t k, uint64_t v, uint64_t o, int dt
   if (queue) throw py::value_error("arcattn._xmx.forward_kernel_model: takes queue=0 (host memory)");
   py::gil_scoped_release nogil;
   sycl::queue host_queue;
-  const arcattn::xmx::KernelParams p = arcattn::kernel_params(a);
-  if (a.dtype == arcattn::kFloat16)
-    model_dispatch<sycl::half>(host_queue, p);
-  else
-    model_dispatch<sycl::ext::oneapi::bfloat16>(host_queue, p);
+  arcattn::launch(host_queue, a);
+}
+#endif
+
+#ifdef ARCATTN_CPU_REFERENCE
+// The 2-D block surface the kernel uses for head (b, h) of a (B, H, S, D) 16-bit tensor at `ptr` (test aid: lets
+// tests show which inputs take the row-shifted path, y0 > 0).
+py::dict head_surface(uint64_t ptr, const Strides& strides, int b, int h, int rows, int cols) {
+  const arcattn::xmx::Surface s = arcattn::xmx::head_surface(ptr, strides.data(), b, h, rows, cols, 2);
+  py::dict d;
+  d["base"] = s.base;
+  d["width"] = s.width;
+  d["height"] = s.height;
+  d["pitch"] = s.pitch;
+  d["x0"] = s.x0;
+  d["y0"] = s.y0;
+  return d;
 }
 #endif
 
@@ -167,7 +182,8 @@ void forward_kernel_model(uint64_t q, uint64_t k, uint64_t v, uint64_t o, int dt
 PYBIND11_MODULE(_xmx, m) {
   m.doc() = "arcattn native attention (XMX/ESIMD kernel for Intel Xe2, or its CPU reference build)";
   m.def("abi_version", []() { return ARCATTN_XMX_ABI; }, "Binary interface version (arcattn checks it).");
-  m.def("device_info", &device_info, "What this binary is: kind, targets, head dims, dtypes, compiler.");
+  m.def("device_info", &device_info,
+        "What this binary is: kind, targets, head dims, dtypes, compiler, SYCL runtime, registered kernels.");
   m.def("check_device", &check_device, py::arg("queue"),
         "'' if the device behind the sycl::queue* `queue` can run this binary, else why not.");
   m.def("forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dtype"),
@@ -179,5 +195,9 @@ PYBIND11_MODULE(_xmx, m) {
         py::arg("dtype"), py::arg("B"), py::arg("H"), py::arg("Sq"), py::arg("Sk"), py::arg("D"),
         py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("out_strides"), py::arg("scale"),
         py::arg("queue"), "The ESIMD kernel source run on the CPU through a host model of the ESIMD API (tests).");
+#endif
+#ifdef ARCATTN_CPU_REFERENCE
+  m.def("head_surface", &head_surface, py::arg("ptr"), py::arg("strides"), py::arg("b"), py::arg("h"),
+        py::arg("rows"), py::arg("cols"), "The kernel's 2-D block surface for one head of a 16-bit tensor (tests).");
 #endif
 }

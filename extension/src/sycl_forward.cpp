@@ -1,19 +1,31 @@
-// SYCL host side of arcattn._xmx: device check and kernel dispatch. The only translation unit compiled with
-// -fsycl: binding.cpp (pybind11, Python.h) stays out of the device compilation pass and sees only
-// sycl_backend.hpp.
+// SYCL host side of arcattn._xmx: device check, SYCL runtime identity and kernel dispatch. The only translation
+// unit compiled with -fsycl: binding.cpp (pybind11, Python.h) stays out of the device compilation pass and sees
+// only sycl_backend.hpp.
 //
-// NEVER COMPILED OR RUN in this project's CI or workplace (no oneAPI compiler, no Intel GPU). Written against
-// oneAPI DPC++/C++ 2025.x. The queue comes from torch: torch.xpu.current_stream().sycl_queue is the address of
-// the stream's sycl::queue (torch/xpu/streams.py and torch._C._XpuStreamBase.sycl_queue: "_int"), which is
-// only meaningful if this module and torch share one SYCL runtime (libsycl of the same major version): build
-// with the oneAPI release that matches the torch XPU wheel (torch.version.xpu).
+// NEVER COMPILED OR RUN in this project's CI or workplace (no oneAPI compiler, no Intel GPU); CI type-checks it
+// against the host model in host_model/. Written against oneAPI DPC++/C++ 2025.x/2026.x. The queue comes from
+// torch: torch.xpu.current_stream().sycl_queue is the address of the stream's sycl::queue (torch/xpu/streams.py
+// and torch._C._XpuStreamBase.sycl_queue: "_int"), which is only meaningful if this module and torch share one
+// SYCL runtime (libsycl of the same major version). sycl_major() reports the one this file was compiled against;
+// arcattn's loader compares it with the runtime torch loaded before it hands the binary a queue.
+#include <exception>
 #include <string>
 
 #include <sycl/sycl.hpp>
 
 #include "abi.hpp"
+#include "kernel_instances.hpp"
 #include "sycl_backend.hpp"
-#include "xmx_attention_esimd.hpp"
+
+#ifndef __LIBSYCL_MAJOR_VERSION
+#error "<sycl/sycl.hpp> did not define __LIBSYCL_MAJOR_VERSION (documented in intel/llvm PreprocessorMacros.md)"
+#endif
+// The build names the binary after the SYCL major it found in the compiler's <sycl/version.hpp>
+// (_xmx.sycl<N><suffix>, see extension/build.py); a different header on the include path would make the name lie.
+#ifdef ARCATTN_SYCL_MAJOR
+static_assert(__LIBSYCL_MAJOR_VERSION == ARCATTN_SYCL_MAJOR,
+              "the SYCL headers' __LIBSYCL_MAJOR_VERSION differs from ARCATTN_SYCL_MAJOR given by the build");
+#endif
 
 #ifndef ARCATTN_XMX_AOT_DEVICES
 #define ARCATTN_XMX_AOT_DEVICES "bmg-g21"
@@ -25,6 +37,21 @@ namespace sycl_backend {
 namespace syclex = sycl::ext::oneapi::experimental;
 
 const char* targets() { return ARCATTN_XMX_AOT_DEVICES; }
+
+int sycl_major() { return __LIBSYCL_MAJOR_VERSION; }
+
+std::string sycl_version() {
+  return std::to_string(__LIBSYCL_MAJOR_VERSION) + "." + std::to_string(__LIBSYCL_MINOR_VERSION) + "." +
+         std::to_string(__LIBSYCL_PATCH_VERSION);
+}
+
+int kernel_count() {
+  try {
+    return count_kernel_ids();
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
 
 namespace {
 
@@ -38,18 +65,6 @@ std::string arch_name(syclex::architecture a) {
   }
 }
 
-template <typename T>
-void dispatch_dim(sycl::queue& q, const xmx::KernelParams& p) {
-  switch (xmx::padded_head_dim(p.D)) {
-    case 48: xmx::launch_attention<T, 48>(q, p); break;
-    case 64: xmx::launch_attention<T, 64>(q, p); break;
-    case 80: xmx::launch_attention<T, 80>(q, p); break;
-    case 128: xmx::launch_attention<T, 128>(q, p); break;
-    case 160: xmx::launch_attention<T, 160>(q, p); break;
-    default: break;  // unreachable: validate() admits only kHeadDims
-  }
-}
-
 }  // namespace
 
 std::string check_device(void* queue) {
@@ -58,7 +73,13 @@ std::string check_device(void* queue) {
   const std::string name = dev.get_info<sycl::info::device::name>();
   if (!dev.is_gpu()) return "queue device '" + name + "' is not a GPU";
   if (!dev.has(sycl::aspect::ext_intel_esimd)) return "device '" + name + "' does not support ESIMD";
-  const syclex::architecture arch = dev.get_info<syclex::info::device::architecture>();
+  // Older runtimes throw for devices their architecture table does not know.
+  syclex::architecture arch;
+  try {
+    arch = dev.get_info<syclex::info::device::architecture>();
+  } catch (const std::exception& e) {
+    return "device '" + name + "': the SYCL runtime cannot tell its architecture (" + e.what() + ")";
+  }
   bool ok = arch == syclex::architecture::intel_gpu_bmg_g21;
 #ifdef ARCATTN_XMX_TARGET_LNL_M
   ok = ok || arch == syclex::architecture::intel_gpu_lnl_m;
@@ -66,17 +87,19 @@ std::string check_device(void* queue) {
   if (!ok)
     return "device '" + name + "' is " + arch_name(arch) + "; this binary is compiled for " + targets() +
            " (Xe2: Arc B570/B580) only";
+  // The kernel's DPAS tiles are 16 wide, Xe2's execution size ("the user must check the execution size before
+  // calling DPAS", esimd/xmx/dpas.hpp). A device that does not report its SIMD width is let through: the
+  // architecture check above already pins it to Xe2.
+  if (dev.has(sycl::aspect::ext_intel_gpu_eu_simd_width)) {
+    const auto width = dev.get_info<sycl::ext::intel::info::device::gpu_eu_simd_width>();
+    if (width != 16)
+      return "device '" + name + "' reports EU SIMD width " + std::to_string(width) +
+             "; the kernel's DPAS tiles need 16";
+  }
   return "";
 }
 
-void forward(void* queue, const ForwardArgs& a) {
-  sycl::queue& q = *static_cast<sycl::queue*>(queue);
-  const xmx::KernelParams p = kernel_params(a);
-  if (a.dtype == kFloat16)
-    dispatch_dim<sycl::half>(q, p);
-  else
-    dispatch_dim<sycl::ext::oneapi::bfloat16>(q, p);
-}
+void forward(void* queue, const ForwardArgs& a) { launch(*static_cast<sycl::queue*>(queue), a); }
 
 }  // namespace sycl_backend
 }  // namespace arcattn

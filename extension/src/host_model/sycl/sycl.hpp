@@ -1,12 +1,19 @@
-// A host model of the few SYCL names kernel/xmx_attention_esimd.hpp uses. NOT Intel's header: see
-// host_model/sycl/ext/intel/esimd.hpp for why it exists (the CPU reference build runs the kernel source on it).
+// A host model of the few SYCL names kernel/xmx_attention_esimd.hpp and extension/src/ use. NOT Intel's header:
+// see host_model/sycl/ext/intel/esimd.hpp for why it exists (the CPU reference build runs the kernel source on it).
 // queue::submit runs the command group at once; handler::parallel_for runs every work-item in order.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+// <sycl/version.hpp> (included by <sycl/sycl.hpp>) defines the SYCL runtime's version; the model is no runtime.
+#define __LIBSYCL_MAJOR_VERSION 0
+#define __LIBSYCL_MINOR_VERSION 0
+#define __LIBSYCL_PATCH_VERSION 0
 
 #include "cpu_reference.hpp"  // fp16 / bf16 conversions (round to nearest even)
 
@@ -51,7 +58,7 @@ class event {};
 
 // Device queries, for type-checking sycl_forward.cpp against this model (tests compile it with -fsyntax-only;
 // nothing here is ever run).
-enum class aspect { gpu, ext_intel_esimd };
+enum class aspect { gpu, ext_intel_esimd, ext_intel_gpu_eu_simd_width };
 namespace info {
 namespace device {
 struct name {
@@ -72,7 +79,57 @@ struct architecture {
 }  // namespace info
 }  // namespace experimental
 }  // namespace oneapi
+namespace intel {
+namespace info {
+namespace device {
+struct gpu_eu_simd_width {
+  using return_type = uint32_t;
+};
+}  // namespace device
+}  // namespace info
+}  // namespace intel
 }  // namespace ext
+
+// Kernel ids (SYCL 2020 kernel bundles): the real runtime registers one per kernel of every device image when the
+// image's library is loaded. The model registers one per parallel_for<Name> instantiation, also at load time, named
+// by the compiler's spelling of Name (the runtime uses the mangled name; both contain the class name).
+class kernel_id {
+ public:
+  explicit kernel_id(std::string name) : name_(std::move(name)) {}
+  const char* get_name() const noexcept { return name_.c_str(); }
+
+ private:
+  std::string name_;
+};
+
+namespace model {
+inline std::vector<std::string>& kernel_registry() {
+  static std::vector<std::string> names;
+  return names;
+}
+template <typename Name>
+const char* kernel_type_name() {
+  return __PRETTY_FUNCTION__;  // "... [with Name = arcattn::xmx::ArcattnXmxAttention<...>]"; Name may be incomplete
+}
+struct kernel_registrar {
+  explicit kernel_registrar(const char* name) {
+    auto& names = kernel_registry();
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.emplace_back(name);
+  }
+};
+template <typename Name>
+struct kernel_entry {
+  static const kernel_registrar registered;
+};
+template <typename Name>
+const kernel_registrar kernel_entry<Name>::registered{kernel_type_name<Name>()};
+}  // namespace model
+
+inline std::vector<kernel_id> get_kernel_ids() {
+  std::vector<kernel_id> ids;
+  for (const std::string& n : model::kernel_registry()) ids.emplace_back(n);
+  return ids;
+}
 
 class device {
  public:
@@ -86,6 +143,7 @@ class handler {
  public:
   template <typename Name, typename Kernel>
   void parallel_for(const nd_range<1>& r, const Kernel& k) {
+    (void)&model::kernel_entry<Name>::registered;  // instantiating the kernel registers its id (at load time)
     if (r.local_ == 0 || r.global_ % r.local_) throw std::logic_error("nd_range: global not a multiple of local");
     for (size_t g = 0; g < r.global_ / r.local_; ++g)
       for (size_t l = 0; l < r.local_; ++l) k(nd_item<1>{g, l});

@@ -257,11 +257,17 @@ using empty_properties_t = properties<>;
 
 // -- 2-D block I/O ---------------------------------------------------------------------------------------------
 namespace model {
+// The default N of load_2d/store_2d/prefetch_2d, as intel/llvm's detail::get_lsc_block_2d_data_size() computes it:
+// VNNI-transformed blocks are padded (height up to a multiple of 4 / sizeof(T), width to a power of two), the
+// others are not. The loads below static_assert N == BW * BH * NB, so a shape the real header would pad fails
+// here too.
 template <typename T, int BW, int BH, int NB, bool Transposed, bool Transformed>
 constexpr int block_2d_size() {
-  if (Transformed) return BW * BH * NB;
-  if (Transposed) return next_pow2(BH) * BW * NB;
-  return (BH + (4 / int(sizeof(T))) - 1) / (4 / int(sizeof(T))) * (4 / int(sizeof(T))) * next_pow2(BW) * NB;
+  if (Transformed) {
+    constexpr int per_dword = 4 / int(sizeof(T));
+    return (BH + per_dword - 1) / per_dword * per_dword * next_pow2(BW) * NB;
+  }
+  return BW * BH * NB;
 }
 
 struct surface {
