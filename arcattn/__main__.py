@@ -17,9 +17,10 @@ def _doctor(args) -> int:
     report = {"versions": info, "backends": [], "policy": {"prefer": router.prefer, "disabled": sorted(router.disabled)}}
     for b in router.backends:
         why = b.unavailable_reason()
+        details = b.details() if callable(getattr(b, "details", None)) else None
         report["backends"].append({"name": b.name, "available": why is None, "reason": why,
                                    "disabled": b.name in router.disabled, "capabilities": b.capabilities(),
-                                   "description": b.description})
+                                   "description": b.description, "details": details})
     results = run_selftest() if not args.no_selftest else []
     report["selftest"] = results
     report["telemetry"] = router.telemetry()
@@ -32,6 +33,10 @@ def _doctor(args) -> int:
         state = "disabled" if b["disabled"] else ("available" if b["available"] else "unavailable")
         c = b["capabilities"]
         print(f"  {b['name']:<7} {state}" + (f": {b['reason']}" if b["reason"] else ""))
+        shown = b["details"] if b["details"] and (b["available"] or b["details"].get("path")) else {}
+        for key, value in shown.items():
+            if value not in (None, {}, ""):
+                print(f"          {key}: {value}")
         if not c:
             continue
         caps = (f"devices {'/'.join(c['devices'])}; dtypes {'/'.join(c['dtypes'])}; head dim <= {c['max_head_dim']};"
