@@ -1,8 +1,8 @@
 """The router: which backend serves a call, decided once per call signature.
 
 Rule: a backend is eligible when it is available, not disabled, not marked broken for this signature, and has
-no reasons against the call. Among the eligible, the policy chooses (fixed priority by default; `chooser` can
-replace it, as measured tuning does). A fast backend that raises is logged, marked broken for (backend,
+no reasons against the call. Among the eligible, the policy chooses: fixed priority (which also skips a backend
+that declares itself measured slower there, `slower_reasons`), or a `chooser` such as measured tuning. A fast backend that raises is logged, marked broken for (backend,
 signature) for the rest of the process, and the call is served by the fallback: the host never sees it.
 
 Per call the router costs one tuple, one dict lookup and one counter increment; telemetry is derived from the
@@ -107,6 +107,8 @@ class Router:
                 declined.append((b.name, "marked broken after an error"))
                 continue
             reasons = b.unsupported_reasons(call)
+            if not reasons and self.chooser is None:  # priority order: heed measured losses
+                reasons = b.slower_reasons(call)
             if reasons:
                 declined.append((b.name, "; ".join(reasons)))
             else:

@@ -143,12 +143,20 @@ def inputs(name, B, device, dtype):
     return x, t, ctx, kw
 
 
-def bench_diffusers(name, B, device, dtype, variants, rows):
+def bench_diffusers(name, batches, device, dtype, variants, rows):
+    unet = build(name, device, dtype)
+    for B in batches:
+        bench_diffusers_batch(unet, name, B, device, dtype, variants, rows)
+    del unet
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows):
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from arcattn.hosts.diffusers import ArcAttnProcessor
 
-    unet = build(name, device, dtype)
     x, t, ctx, kw = inputs(name, B, device, dtype)
     step = lambda: unet(x, t, encoder_hidden_states=ctx, **kw).sample  # noqa: E731
     ref = None
@@ -166,6 +174,8 @@ def bench_diffusers(name, B, device, dtype, variants, rows):
             out = step()
             sync(device)
             first_ms = (time.perf_counter() - t_tune) * 1e3
+            calls_per_step = (sum(d["calls"] for d in arcattn.get_router().decisions())
+                              if variant != "stock" else None)
             ms, lo, hi = median_ms(step, device)
             clock = AttentionClock(device)
             unet.set_attn_processor(clocked_processor(clock, variant, backend))
@@ -182,13 +192,10 @@ def bench_diffusers(name, B, device, dtype, variants, rows):
             ref = out.float()
         err = float((out.float() - ref).norm() / ref.norm())
         rows.append({"model": name, "batch": B, "variant": variant, "step_ms": round(ms, 3), "step_min_ms": round(lo, 3),
-                     "step_max_ms": round(hi, 3), "attention_ms": round(attn, 3), "first_step_ms": round(first_ms, 1),
+                     "step_max_ms": round(hi, 3), "attention_ms": round(attn, 3), "first_step_ms": round(first_ms, 1), "attention_calls_per_step": calls_per_step,
                      "rel_err_vs_stock": err, "served": served})
         print(f"  {name:<5} B={B} {variant:<9} step {ms:8.2f} ms (min {lo:.2f}, max {hi:.2f})  attention {attn:7.2f} ms"
               f" ({100 * attn / ms:4.1f}% of step)  vs stock err {err:.1e}  served {served}", flush=True)
-    del unet
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def bench_comfyui(root, B, device, dtype, rows, channels=320):
@@ -259,8 +266,7 @@ def main(argv=None) -> int:
     available = {b.name for b in arcattn.get_router().backends if b.available()}
     variants = [v for v in args.variants.split(",") if v in ("stock", "auto", "priority") or v in available]
     for name in filter(None, args.models.split(",")):
-        for B in (int(b) for b in args.batch.split(",")):
-            bench_diffusers(name, B, device, dtype, variants, rows)
+        bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows)
     root = os.environ.get("ARCATTN_COMFYUI_ROOT")
     if root:
         for B in (int(b) for b in args.batch.split(",")):

@@ -154,3 +154,31 @@ def test_reset_forgets_decisions_and_counts(rng):
     assert router.telemetry()["sdpa"]["served"] == 1
     arcattn.reset_telemetry()
     assert router.telemetry()["sdpa"]["served"] == 0
+
+
+class SlowHere(Picky):
+    """Can serve everything, but declares itself measured slower than the fallback at head dim 40."""
+    name = "slowhere"
+
+    def extra_reasons(self, call):
+        return []
+
+    def slower_reasons(self, call):
+        return ["measured slower at head dim 40"] if call.D == 40 else []
+
+
+def test_measured_losses_steer_priority_only(rng):
+    s = SlowHere()
+    arcattn.set_router(Router([s, SDPABackend()], disabled=(), prefer=""))
+    arcattn.attention(*qkv(rng, D=40), heads=2)
+    assert s.runs == 0
+    assert arcattn.telemetry()["slowhere"]["declined"] == {"measured slower at head dim 40": 1}
+    arcattn.attention(*qkv(rng, D=64), heads=2)
+    assert s.runs == 1
+    arcattn.attention(*qkv(rng, D=40), heads=2, backend="slowhere")  # forced: served anyway
+    assert s.runs == 2
+    chosen = []
+    arcattn.set_router(Router([s, SDPABackend()], disabled=(), prefer="",
+                              chooser=lambda call, eligible: chosen.append([b.name for b in eligible]) or eligible[0]))
+    arcattn.attention(*qkv(rng, D=40), heads=2)  # the measured policy sees it as eligible and decides itself
+    assert chosen == [["slowhere", "sdpa"]] and s.runs == 3

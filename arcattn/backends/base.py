@@ -4,6 +4,7 @@ A backend is a small object with
   name                         short id used by the router, env vars, the CLI and hosts' UIs
   unavailable_reason()         None when usable on this machine, else one sentence why not (cached)
   unsupported_reasons(call)    [] when it can serve this call, else the reasons (human-readable)
+  slower_reasons(call)         [] unless it can serve the call but measured slower than the fallback there
   run(call)                    output in the caller's layout; (output, lse) when call.want_lse
 
 Capabilities are class attributes so that `doctor` and the README can print one table from them; anything
@@ -69,6 +70,11 @@ class Backend:
         return reasons
 
     def extra_reasons(self, call: AttentionCall) -> list:
+        return []
+
+    def slower_reasons(self, call: AttentionCall) -> list:
+        """Why this backend, though able to serve the call, is known (measured) to be slower than the fallback.
+        Only the fixed-priority policy heeds these; a forced backend and the measured policy ignore them."""
         return []
 
     def run(self, call: AttentionCall) -> Result:

@@ -1,0 +1,234 @@
+"""Tile sizes and launch options for the Triton flash-attention kernel, per device family.
+
+A configuration is (BLOCK_M query rows, BLOCK_N keys per step, warps, pipeline stages[, XPU GRF mode]).
+`choose()` takes a measured entry from TUNED when the problem class has one, else the family's TABLES entry,
+shrunk in the query direction and finally split over the keys when batch x heads x query tiles would leave the
+device idle (the original B580 kernel's "atomic" idea: many small programs instead of few large ones).
+`measured_losses()` is the documented rule by which the backend leaves calls to SDPA where it measured slower.
+
+Where the numbers come from:
+- CUDA sm90 (H100/H200): measured on an H200 with torch 2.11 / Triton 3.6 (bench/NOTES_triton.md,
+  bench/RESULTS.md). TUNED holds the SD shapes' winners of the tile sweep; TABLES the fallback for others.
+- CUDA other (Ampere/Ada/Blackwell): not measured; a conservative table.
+- XPU (Arc B580 / Xe2, Xe-HPG, Max): NOT measured (no Intel GPU was available). Starting points from the
+  shapes Intel's Triton backend favours for attention (BLOCK_M 128, 8-16 warps, 256-register GRF mode, 2-D
+  block loads through tensor descriptors). Set ARCATTN_TRITON_AUTOTUNE=1 to time the candidates on the device
+  at first use of each shape instead.
+- Interpreter (CPU, TRITON_INTERPRET=1): small tiles, so that tests cover several tiles and partial tiles.
+
+Environment overrides (experiments): ARCATTN_TRITON_CONFIG="BM,BN,WARPS,STAGES[,SPLITS]" forces one configuration
+for every call; ARCATTN_TRITON_IRREGULAR_TAIL=0/1 forces the head-tail policy.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    grf_mode: Optional[str] = None  # XPU only: "256" asks IGC for 256 registers per thread
+
+    def options(self) -> dict:
+        """Keyword arguments for the Triton launch."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.grf_mode is not None:
+            opts["grf_mode"] = self.grf_mode
+        return opts
+
+    def short(self) -> str:
+        return (f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
+                + (f" grf{self.grf_mode}" if self.grf_mode else ""))
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    family: str          # "sm90", "cuda", "xpu", "interpreter"
+    units: int           # programs that run at once, roughly: SMs on CUDA, Xe-cores on XPU
+    use_descriptors: bool  # load tiles through tensor descriptors (XPU 2-D block loads)
+
+
+# (max padded head dim, config) per family, first match wins. The padded head dim is D0 + D1 of the kernel's
+# head split (40 -> 48, 72 -> 80, 80 -> 80, 160 -> 160, 64 -> 64; 64 / 128 for unaligned 40 / 72 on CUDA).
+TABLES = {
+    "sm90": (
+        (64, TileConfig(64, 64, 4, 3)),
+        (128, TileConfig(64, 64, 4, 3)),
+        (256, TileConfig(64, 64, 4, 2)),
+    ),
+    "cuda": (
+        (64, TileConfig(128, 64, 4, 2)),
+        (128, TileConfig(128, 64, 8, 2)),
+        (256, TileConfig(64, 32, 4, 2)),
+    ),
+    "xpu": (
+        (64, TileConfig(128, 64, 8, 2, "256")),
+        (128, TileConfig(128, 64, 16, 2, "256")),
+        (256, TileConfig(64, 32, 16, 2, "256")),
+    ),
+    "interpreter": (
+        (256, TileConfig(32, 16, 4, 1)),
+    ),
+}
+
+# Measured winners per problem class, consulted before the heuristic: {family: {(head dim, Sq bucket,
+# Sk bucket): (TileConfig, splits, head split or None)}}. Buckets are powers of two rounded up, so 77 keys -> 128.
+# sm90: the fastest of bench/gpu_triton.py's tile sweep, kernel-only medians on an H200 (torch 2.11, Triton 3.6),
+# B = 1, fp16 (bench/NOTES_triton.md has every candidate's time).
+TUNED: dict = {
+    "sm90": {
+        (40, 4096, 4096): (TileConfig(128, 64, 8, 3), 1, None),    # sd15-512 in1 self      93.2 us
+        (40, 16384, 16384): (TileConfig(128, 64, 8, 3), 1, None),  # sd15-1024 in1 self   1383 us
+        (40, 4096, 128): (TileConfig(128, 64, 4, 3), 1, None),     # sd15-512 in1 cross      7.7 us
+        (64, 4096, 4096): (TileConfig(64, 64, 4, 3), 1, None),     # sdxl-1024 in2 self    110 us
+        (64, 4096, 128): (TileConfig(128, 64, 4, 3), 1, None),     # sdxl-1024 in2 cross    10.4 us
+        (64, 1024, 1024): (TileConfig(64, 64, 4, 3), 1, None),     # sdxl-1024 in3 self     18.7 us
+        (64, 1024, 128): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 cross     6.0 us
+        (80, 1024, 1024): (TileConfig(64, 128, 4, 3), 1, None),    # sd15-512 in2 self      14.0 us
+        (80, 1024, 128): (TileConfig(64, 128, 4, 2), 1, None),     # sd15-512 in2 cross      4.5 us
+        (160, 256, 256): (TileConfig(64, 64, 4, 3), 1, None),      # sd15-512 in3 self       8.1 us
+        (160, 64, 64): (TileConfig(32, 32, 4, 2), 1, None),        # sd15-512 mid self       4.3 us
+    },
+    "cuda": {}, "xpu": {}, "interpreter": {},
+}
+
+# Candidates timed by the optional on-device autotuner (ARCATTN_TRITON_AUTOTUNE=1), per family.
+CANDIDATES = {
+    "sm90": tuple(TileConfig(bm, bn, w, s) for bm, bn, w, s in (
+        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2),
+        (128, 32, 4, 3), (64, 32, 4, 2))),
+    "cuda": tuple(TileConfig(bm, bn, w, s) for bm, bn, w, s in (
+        (128, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 2))),
+    "xpu": tuple(TileConfig(bm, bn, w, s, "256") for bm, bn, w, s in (
+        (128, 64, 8, 2), (128, 64, 16, 2), (128, 32, 8, 2), (256, 32, 32, 2), (128, 64, 16, 3), (64, 64, 8, 2),
+        (64, 32, 4, 2))),
+    "interpreter": (TileConfig(32, 16, 4, 1), TileConfig(16, 32, 4, 1)),
+}
+
+# Query tiles are never shrunk below this (sm90: below 64 rows the kernel leaves the wgmma path).
+MIN_BLOCK_M = {"sm90": 32, "cuda": 32, "xpu": 32, "interpreter": 16}
+# The grid should hold at least this many programs per unit before we accept it as "filling the device".
+# (sm90: measured, small grids of 64-row tiles beat twice as many 32-row tiles down to ~0.2 waves.)
+WAVES = {"sm90": 0.2, "cuda": 0.25, "xpu": 2.0, "interpreter": 0.0}
+MAX_SPLITS = 16
+# Irregular head tails (D0 + D1 > D, e.g. 40 = 32 + an overlapping 16). On an H200 with Triton 3.6 every split
+# was right once the loads are 16-byte aligned (the kernel's AL hint), and a head with a tail part miscompiled
+# when they were not; unaligned calls therefore get one power-of-two part on CUDA (flash.Plan). XPU: not
+# measured, off until it is (ARCATTN_TRITON_IRREGULAR_TAIL=1 turns it on).
+IRREGULAR_TAIL = {"sm90": True, "cuda": True, "xpu": False, "interpreter": True}
+
+
+def irregular_tail(info: "DeviceInfo") -> bool:
+    env = os.environ.get("ARCATTN_TRITON_IRREGULAR_TAIL")  # experiments: 1 / 0 overrides the table
+    if env in ("0", "1"):
+        return env == "1"
+    return IRREGULAR_TAIL[info.family]
+
+
+# Fewest pipeline stages a configuration may step down to. sm90: Triton 3.6 computed wrong results with one
+# stage when the head has a tail part (bench/NOTES_triton.md), so never go below two there.
+MIN_STAGES = {"sm90": 2, "cuda": 1, "xpu": 1, "interpreter": 1}
+
+
+@functools.lru_cache(maxsize=None)
+def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
+    if interpreted:
+        return DeviceInfo("interpreter", 1, False)
+    if device_type == "cuda":
+        props = torch.cuda.get_device_properties(index)
+        family = "sm90" if (props.major, props.minor) == (9, 0) else "cuda"
+        return DeviceInfo(family, int(props.multi_processor_count), False)
+    if device_type == "xpu":
+        props = torch.xpu.get_device_properties(index)
+        units = int(getattr(props, "gpu_subslice_count", 0) or 0) or max(1, int(getattr(props, "gpu_eu_count", 160)) // 8)
+        return DeviceInfo("xpu", units, True)
+    return DeviceInfo("interpreter", 1, False)
+
+
+def _forced() -> Optional[tuple]:
+    s = os.environ.get("ARCATTN_TRITON_CONFIG")
+    if not s:
+        return None
+    parts = [int(x) for x in s.split(",")]
+    cfg = TileConfig(*parts[:4])
+    return cfg, (parts[4] if len(parts) > 4 else 1)
+
+
+def base_config(info: DeviceInfo, head_pad: int) -> TileConfig:
+    for max_d, cfg in TABLES[info.family]:
+        if head_pad <= max_d:
+            return cfg
+    return TABLES[info.family][-1][1]
+
+
+def bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def choose(info: DeviceInfo, *, head_pad: int, BH: int, Sq: int, Sk: int, causal: bool, D: int = 0) -> tuple:
+    """(TileConfig, key splits, head split or None) for one problem: a measured entry if there is one, else the
+    table's tile, shrunk or split to fill the device."""
+    forced = _forced()
+    if forced is not None:
+        return forced + (None,)
+    want = info.units * WAVES[info.family]
+    tuned = TUNED.get(info.family, {}).get((D, bucket(Sq), bucket(Sk)))
+    if tuned is not None and not causal and BH * -(-Sq // tuned[0].block_m) * tuned[1] >= want:
+        return tuned
+    cfg = base_config(info, head_pad)
+    bm = cfg.block_m
+    # Smaller query tiles first: a tile no taller than the query length, then more programs while short of work.
+    while bm > MIN_BLOCK_M[info.family] and (bm // 2 >= Sq or BH * -(-Sq // bm) < want):
+        bm //= 2
+    if bm != cfg.block_m:
+        # a shorter tile holds fewer live registers: keep the warps busy with fewer of them
+        cfg = replace(cfg, block_m=bm, num_warps=min(cfg.num_warps, max(4, bm // 16)))
+    if Sk <= 2 * cfg.block_n:  # a short key sequence (77 text tokens, 1): one key block that just covers it
+        cfg = replace(cfg, block_n=min(128, max(16, 1 << (Sk - 1).bit_length())))
+    programs = BH * -(-Sq // bm)
+    key_blocks = -(-Sk // cfg.block_n)
+    splits = 1
+    if programs < want and key_blocks >= 8:
+        # split the keys into runs of at least 4 blocks each; the last program of a tile merges the runs
+        splits = int(min(MAX_SPLITS, -(-want // programs), key_blocks // 4))
+        splits = max(1, splits)
+    return cfg, splits, None
+
+
+def candidates(info: DeviceInfo, head_pad: int) -> tuple:
+    """Configurations the autotuner times (those whose tiles fit the head dim sensibly)."""
+    out = []
+    for c in CANDIDATES[info.family]:
+        if head_pad > 128 and c.block_m * c.block_n > 128 * 64:
+            continue
+        out.append(c)
+    return tuple(out)
+
+
+# Where this kernel measured slower than torch's best SDPA kernel (cuDNN), per device family; the router then
+# leaves those calls to SDPA. sm90, H200, torch 2.11 / Triton 3.6 (bench/RESULTS.md): in the compute-bound regime
+# (Sq * Sk >= 4096^2) cuDNN wins for head dims that are not a multiple of 64 (D = 40: 0.81-0.91x) and for D = 64
+# once batch x heads >= 16 (SDXL B = 2: 0.88-0.92x); every smaller SD shape measured 1.3-1.9x for Triton.
+LARGE_SCORES = 4096 * 4096
+
+
+def measured_losses(info: DeviceInfo, call) -> list:
+    """Reasons to leave a call to SDPA where measurements showed this kernel slower on that device family
+    (a documented rule until the measured per-shape policy decides; bench/NOTES_triton.md)."""
+    if info.family != "sm90" or call.Sq * call.Sk < LARGE_SCORES or call.causal:
+        return []
+    if call.D % 64:
+        return [f"measured slower than cuDNN SDPA on Hopper for Sq*Sk >= 4096^2 with head dim {call.D}"
+                " (not a multiple of 64)"]
+    if call.B * call.H >= 16:
+        return [f"measured slower than cuDNN SDPA on Hopper for Sq*Sk >= 4096^2 with batch x heads"
+                f" {call.B * call.H} >= 16"]
+    return []

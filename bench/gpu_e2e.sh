@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One GPU visit for measured dispatch and end-to-end speed (issue 5). Run from the repo root on the device
+# machine with `.whl` (diffusers + importlib_metadata wheels) and `.hosts` (a ComfyUI copy, never committed)
+# carried. Everything lands in $OUT.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="$PWD:/tmp/site"
+export ARCATTN_CACHE_DIR=/tmp/arcattn-cache
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+python3 -m arcattn doctor 2>&1 | tee "$OUT/doctor.txt"
+python3 bench/router_overhead.py 2>&1 | tee "$OUT/router_overhead.txt"
+# tuning: the first pass includes Triton's compilation; the second, with an empty tuning cache but compiled
+# kernels, is the tuning cost a user pays per new shape bucket
+python3 bench/sd15_shapes.py > /tmp/sd15.json
+for pass in compile measure; do
+  rm -rf /tmp/arcattn-cache
+  python3 -m arcattn tune --shapes /tmp/sd15.json --batch 2 --dtype fp16 2>&1 | tee "$OUT/tune_$pass.txt"
+done
+rm -rf /tmp/arcattn-cache
+ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI" python3 bench/unet.py --json "$OUT/unet.json" 2>&1 \
+  | grep -v "kept in float32" | tee "$OUT/unet.txt"

@@ -1,0 +1,357 @@
+"""The Triton flash-attention kernel and the `triton` backend, checked against the float64 reference.
+
+On a machine without a GPU this runs in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so shapes are
+small; every case the issue lists is in the default sweep: fp32/fp16/bf16, head dims 8..256 including 40, 72,
+160, Sq/Sk of 1, 77 and non-multiples of the tile, batch 1-3, the (B, S, H*D), (B, H, S, D) and (B, S, H, D)
+layouts, strided views, log-sum-exp, causal (Sq < Sk and Sq > Sk), custom/zero/negative scales, the split-key
+path and the tensor-descriptor (XPU) path. Outputs are poisoned with NaN before the kernel writes them.
+ARCATTN_SLOW_TESTS=1 adds a larger randomized sweep.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import arcattn
+from arcattn.call import make_call
+from arcattn.reference import attention_reference, rel_error
+
+triton = pytest.importorskip("triton")
+from arcattn.kernels import configs, flash  # noqa: E402  (after conftest set TRITON_INTERPRET)
+from arcattn.kernels.flash import flash_attention, head_split  # noqa: E402
+
+TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+LSE_TOL = 1e-4
+ON_GPU = not flash.interpreted()
+DEV = "cuda" if ON_GPU and torch.cuda.is_available() else ("xpu" if ON_GPU else "cpu")
+
+# interpreter warnings from padded rows (1/0 in rows that are never stored) are expected
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_serves_cpu(monkeypatch):
+    """Only this module lets the interpreter serve CPU calls (ARCATTN_TRITON_CPU=1); other tests keep SDPA."""
+    monkeypatch.setenv("ARCATTN_TRITON_CPU", "1")
+
+
+def rand(gen, *shape, dtype):
+    return torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype).to(DEV)
+
+
+def caller_tensors(gen, layout, B, H, Sq, Sk, D, dtype, strided=False):
+    """q, k, v in `layout`; strided=True makes them views into wider buffers (like a fused qkv projection)."""
+    def one(S):
+        if layout == "bsd":
+            shape, last = (B, S, H * D), H * D
+        elif layout == "bhsd":
+            shape, last = (B, H, S, D), D
+        else:
+            shape, last = (B, S, H, D), D
+        if not strided:
+            return rand(gen, *shape, dtype=dtype)
+        wide = rand(gen, *shape[:-1], 3 * last + 8, dtype=dtype)
+        return wide[..., last + 8: 2 * last + 8]  # a middle slice: unaligned base, wide row stride
+    return one(Sq), one(Sk), one(Sk)
+
+
+def check_against_reference(call, out, lse=None):
+    ref, ref_lse = attention_reference(call.q4.cpu(), call.k4.cpu(), call.v4.cpu(), scale=call.scale,
+                                       causal=call.causal)
+    err = rel_error(out.cpu(), call.to_caller(ref))
+    assert err < TOL[call.dtype], f"{call.describe()}: relative error {err:.3e} >= {TOL[call.dtype]}"
+    if lse is not None:
+        assert lse.dtype == torch.float32 and lse.shape == (call.B, call.H, call.Sq)
+        lerr = rel_error(lse.cpu(), ref_lse)
+        assert lerr < LSE_TOL, f"{call.describe()}: lse relative error {lerr:.3e}"
+    return err
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """torch.empty returns NaN-filled float tensors, so an output element the kernel skips cannot pass."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+    monkeypatch.setattr(torch, "empty", empty)
+    return empty
+
+
+# (layout, dtype, B, H, Sq, Sk, D, causal, lse, strided): every listed case appears at least once
+SWEEP = [
+    ("bsd", torch.float16, 1, 2, 77, 77, 40, False, False, False),
+    ("bsd", torch.bfloat16, 2, 2, 64, 77, 40, False, True, False),
+    ("bsd", torch.float32, 1, 3, 33, 77, 72, False, False, True),
+    ("bhsd", torch.float16, 2, 1, 1, 1, 72, False, True, False),
+    ("bhsd", torch.bfloat16, 1, 2, 50, 17, 160, True, True, False),
+    ("bsd", torch.float16, 1, 1, 45, 100, 160, False, False, True),
+    ("bshd", torch.float32, 3, 1, 17, 40, 80, True, False, False),
+    ("bsd", torch.float16, 2, 2, 77, 1, 80, False, True, False),
+    ("bhsd", torch.float32, 1, 2, 1, 130, 64, False, True, True),
+    ("bsd", torch.bfloat16, 1, 1, 70, 33, 64, True, False, True),
+    ("bhsd", torch.float16, 1, 1, 20, 20, 8, False, False, False),
+    ("bsd", torch.float32, 2, 1, 30, 25, 16, True, True, False),
+    ("bshd", torch.bfloat16, 1, 1, 18, 35, 96, False, True, True),
+    ("bhsd", torch.float16, 1, 1, 40, 24, 256, False, True, False),
+    ("bsd", torch.float32, 1, 1, 16, 48, 256, True, False, False),
+    ("bsd", torch.float16, 1, 2, 33, 77, 128, False, False, False),
+    ("bhsd", torch.bfloat16, 2, 1, 3, 77, 100, False, False, False),
+]
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_backend_sweep_matches_reference(rng, poisoned_empty, case):
+    layout, dtype, B, H, Sq, Sk, D, causal, lse, strided = case
+    q, k, v = caller_tensors(rng, layout, B, H, Sq, Sk, D, dtype, strided)
+    heads = H if layout == "bsd" else None
+    res = arcattn.attention(q, k, v, heads=heads, layout=layout, causal=causal, return_lse=lse, backend="triton")
+    out, out_lse = res if lse else (res, None)
+    call = make_call(q, k, v, heads=heads, layout=layout, causal=causal, want_lse=lse)
+    assert out.shape == call.empty_out()[0].shape and out.is_contiguous(), "output not in the caller's layout"
+    check_against_reference(call, out, out_lse)
+
+
+@pytest.mark.parametrize("out_layout", ["bsd", "bhsd", "bshd"])
+def test_output_written_straight_into_any_layout(rng, poisoned_empty, out_layout):
+    B, H, Sq, Sk, D = 2, 3, 21, 30, 40
+    q, k, v = caller_tensors(rng, "bsd", B, H, Sq, Sk, D, torch.float32)
+    out = arcattn.attention(q, k, v, heads=H, out_layout=out_layout, backend="triton")
+    call = make_call(q, k, v, heads=H, out_layout=out_layout)
+    assert out.shape == call.empty_out()[0].shape and out.is_contiguous()
+    ref, _ = attention_reference(call.q4, call.k4, call.v4)
+    assert rel_error(out, call.to_caller(ref)) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("D", [40, 72, 160])
+def test_strided_output_view_guard_columns_untouched(rng, D):
+    """Write into a view with gaps between heads: padded lanes must never be stored (the gaps stay NaN)."""
+    B, H, Sq, Sk = 1, 2, 37, 29
+    q, k, v = (rand(rng, B, H, s, D, dtype=torch.float16) for s in (Sq, Sk, Sk))
+    buf = torch.full((B, Sq, H, D + 24), float("nan"), dtype=torch.float16, device=DEV)
+    out4 = buf[..., :D].transpose(1, 2)
+    flash_attention(q, k, v, out4=out4)
+    ref, _ = attention_reference(q.cpu(), k.cpu(), v.cpu())
+    assert rel_error(out4.cpu(), ref) < TOL[torch.float16]
+    assert torch.isnan(buf[..., D:]).all(), "the kernel wrote outside the output view"
+
+
+def test_head_dim_not_unit_stride(rng):
+    """A view whose head dim is not contiguous (stride != 1) is read correctly through its strides."""
+    B, H, S, D = 1, 2, 19, 40
+    base = rand(rng, B, H, D, S, dtype=torch.float32)
+    q = base.transpose(-1, -2)  # (B, H, S, D) with stride 1 on S
+    k = rand(rng, B, H, S, D, dtype=torch.float32)
+    v = rand(rng, B, H, S, D, dtype=torch.float32)
+    assert q.stride(-1) != 1
+    out = arcattn.attention(q, k, v, backend="triton")
+    ref, _ = attention_reference(q.cpu(), k.cpu(), v.cpu())
+    assert rel_error(out.cpu(), ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("scale", [0.3, 0.0, -0.25, 2.0])
+def test_scale_argument(rng, scale):
+    B, H, Sq, Sk, D = 1, 2, 23, 41, 40
+    q, k, v = caller_tensors(rng, "bhsd", B, H, Sq, Sk, D, torch.float32)
+    out, lse = arcattn.attention(q, k, v, scale=scale, return_lse=True, causal=scale == 0.0, backend="triton")
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu(), scale=scale, causal=scale == 0.0)
+    assert rel_error(out.cpu(), ref) < TOL[torch.float32]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+
+
+@pytest.mark.parametrize("splits,causal,dtype,D", [(2, False, torch.float32, 40), (3, True, torch.float16, 72),
+                                                   (4, False, torch.bfloat16, 160), (5, True, torch.float32, 64)])
+def test_split_keys_merge_in_one_launch(rng, splits, causal, dtype, D):
+    """The occupancy path: the key range split over programs, merged by the last one to finish."""
+    B, H, Sq, Sk = 2, 1, 35, 150
+    q, k, v = (rand(rng, B, H, s, D, dtype=dtype) for s in (Sq, Sk, Sk))
+    out4 = torch.full((B, H, Sq, D), float("nan"), dtype=dtype, device=DEV)
+    cfg = configs.TileConfig(16, 16, 4, 1)
+    _, lse = flash_attention(q, k, v, causal=causal, return_lse=True, out4=out4, config=cfg, splits=splits)
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu(), causal=causal)
+    assert rel_error(out4.cpu(), ref) < TOL[dtype]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+    # the per-tile counters are left at zero for the next launch
+    assert all(int(b.count_nonzero()) == 0 for b in flash._locks.values())
+    # a second launch on the same counters gives the same answer
+    out_again = torch.full_like(out4, float("nan"))
+    flash_attention(q, k, v, causal=causal, out4=out_again, config=cfg, splits=splits)
+    assert rel_error(out_again.cpu(), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("D,dtype", [(40, torch.float16), (72, torch.bfloat16), (64, torch.float32)])
+def test_tensor_descriptor_path(rng, D, dtype):
+    """The XPU path (2-D block loads through tensor descriptors), run here in the interpreter."""
+    B, H, Sq, Sk = 1, 2, 45, 77
+    q, k, v = caller_tensors(rng, "bsd", B, H, Sq, Sk, D, dtype)
+    call = make_call(q, k, v, heads=H, want_lse=True)
+    out, out4 = call.empty_out()
+    out.fill_(float("nan"))
+    assert flash.descriptors_ok([(call.q, call.strides4(call.q)), (out, out4.stride())], q.element_size())
+    _, lse = flash_attention(call.q4, call.k4, call.v4, out4=out4, return_lse=True, use_descriptors=True)
+    check_against_reference(call, out, lse)
+
+
+@pytest.mark.parametrize("D", [40, 80])
+def test_cuda_policy_unaligned_strides_take_one_power_of_two_part(rng, monkeypatch, D):
+    """CUDA's rule (flash.Plan): 16-byte aligned strides may use a head tail, unaligned ones get one
+    power-of-two part. Checked here with the sm90 policy forced onto the interpreter."""
+    monkeypatch.setattr(configs, "device_info", lambda *a: configs.DeviceInfo("sm90", 132, False))
+    plan = flash.Plan(torch.device(DEV), torch.float16, 1, 2, 33, 47, D, causal=False, want_lse=False)
+    assert (plan.kwargs_al["D0"], plan.kwargs_al["D1"]) == head_split(D)
+    assert (plan.kwargs["D0"], plan.kwargs["D1"]) == (1 << (D - 1).bit_length(), 0) and plan.kwargs["AL"] == 1
+    q, k, v = (rand(rng, 1, 2, S, D + 1, dtype=torch.float16)[..., :D] for S in (33, 47, 47))  # row stride D + 1
+    out4 = torch.full((1, 2, 33, D), float("nan"), dtype=torch.float16, device=DEV)
+    flash_attention(q, k, v, out4=out4, config=configs.TileConfig(16, 16, 4, 1))
+    ref, _ = attention_reference(q.cpu(), k.cpu(), v.cpu())
+    assert rel_error(out4.cpu(), ref) < TOL[torch.float16]
+
+
+def test_lse_merges_partial_attentions(rng):
+    """What the log-sum-exp output is for: attention over two key halves, merged, equals attention over all."""
+    B, H, Sq, Sk, D = 1, 2, 29, 90, 40
+    q, k, v = (rand(rng, B, H, s, D, dtype=torch.float32) for s in (Sq, Sk, Sk))
+    o1, l1 = arcattn.attention(q, k[:, :, :50], v[:, :, :50], return_lse=True, backend="triton")
+    o2, l2 = arcattn.attention(q, k[:, :, 50:], v[:, :, 50:], return_lse=True, backend="triton")
+    lse = torch.logaddexp(l1, l2)
+    merged = o1 * torch.exp(l1 - lse)[..., None] + o2 * torch.exp(l2 - lse)[..., None]
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu())
+    assert rel_error(merged.cpu(), ref) < TOL[torch.float32]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+
+
+def test_head_split_spends_fewest_lanes():
+    assert head_split(40) == (32, 16)
+    assert head_split(72) == (64, 16)
+    assert head_split(80) == (64, 16)
+    assert head_split(160) == (128, 32)
+    assert head_split(64) == (64, 0)
+    assert head_split(8) == (16, 0)
+    assert head_split(100) == (128, 0)  # 64 + 64 would be no cheaper than 128
+    assert head_split(256) == (256, 0)
+    assert head_split(40, irregular=False) == (64, 0) and head_split(72, irregular=False) == (128, 0)
+    assert head_split(80, irregular=False) == (64, 16) and head_split(160, irregular=False) == (128, 32)
+    for D in range(1, 257):
+        d0, d1 = head_split(D)
+        assert d0 + d1 >= D and d0 >= 16 and (d1 == 0 or d1 >= 16)
+        assert d0 + d1 <= max(16, 1 << (D - 1).bit_length())
+
+
+def test_occupancy_shrinks_tiles_then_splits_keys():
+    info = configs.DeviceInfo("sm90", 132, False)
+    saved = dict(configs.TUNED["sm90"])
+    configs.TUNED["sm90"].clear()  # the heuristic, not the measured table
+    try:
+        big, s, _ = configs.choose(info, head_pad=64, BH=8, Sq=4096, Sk=4096, causal=False)
+        assert big == configs.base_config(info, 64) and s == 1
+        small, s, _ = configs.choose(info, head_pad=160, BH=8, Sq=64, Sk=64, causal=False)
+        assert small.block_m == configs.MIN_BLOCK_M["sm90"] and s == 1  # few programs, too few keys to split
+        cross, s, _ = configs.choose(info, head_pad=80, BH=8, Sq=1024, Sk=77, causal=False)
+        assert cross.block_n == 128 and s == 1  # no wider key block than the 77 keys need
+        decode, s, _ = configs.choose(info, head_pad=64, BH=2, Sq=16, Sk=32768, causal=False)
+        assert decode.block_m == configs.MIN_BLOCK_M["sm90"] and 1 < s <= configs.MAX_SPLITS
+    finally:
+        configs.TUNED["sm90"].update(saved)
+
+
+def test_declines_with_reasons(rng):
+    b = arcattn.get_router().backend("triton")
+    assert b.available(), b.unavailable_reason()
+    q = rand(rng, 1, 2, 8, 40, dtype=torch.float32)
+    mask = torch.ones(8, 8, dtype=torch.bool, device=DEV)
+    assert "attention mask not supported" in b.unsupported_reasons(make_call(q, q, q, mask=mask))
+    q64 = q.double()
+    assert any("dtype float64" in r for r in b.unsupported_reasons(make_call(q64, q64, q64)))
+    wide = rand(rng, 1, 1, 4, 320, dtype=torch.float16)
+    assert any("head dim 320" in r for r in b.unsupported_reasons(make_call(wide, wide, wide)))
+    v = rand(rng, 1, 2, 8, 64, dtype=torch.float32)
+    assert any("value head dim" in r for r in b.unsupported_reasons(make_call(q, q, v)))
+    if not ON_GPU:
+        big = rand(rng, 1, 4096, 64, dtype=torch.float32)
+        assert any("interpreter" in r for r in b.unsupported_reasons(make_call(big, big, big, heads=1)))
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU-only rule")
+def test_interpreter_serves_cpu_only_when_asked(rng, monkeypatch):
+    monkeypatch.delenv("ARCATTN_TRITON_CPU")
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 20, 77, 40, torch.float32)
+    arcattn.attention(q, k, v, heads=2)
+    t = arcattn.telemetry()
+    assert t["triton"]["served"] == 0 and t["sdpa"]["served"] == 1
+    assert any("ARCATTN_TRITON_CPU=1" in r for r in t["triton"]["declined"])
+
+
+def test_measured_loss_rule_on_hopper():
+    """The documented rule (configs.measured_losses): large D=40 and large D=64 with >= 16 head-batches go to
+    SDPA on sm90; everything smaller, and other families, stay with Triton."""
+    sm90 = configs.DeviceInfo("sm90", 132, False)
+    xpu = configs.DeviceInfo("xpu", 20, True)
+
+    def call(B, H, S, Sk, D):
+        q = torch.empty(B, S, H * D, dtype=torch.float16)
+        k = torch.empty(B, Sk, H * D, dtype=torch.float16)
+        return make_call(q, k, k, heads=H)
+    assert configs.measured_losses(sm90, call(1, 8, 4096, 4096, 40))          # sd15-512 in1 self
+    assert configs.measured_losses(sm90, call(2, 10, 4096, 4096, 64))         # sdxl-1024 in2 self, B=2
+    assert not configs.measured_losses(sm90, call(1, 10, 4096, 4096, 64))     # ... B=1: Triton was faster
+    assert not configs.measured_losses(sm90, call(1, 8, 4096, 77, 40))        # cross-attention
+    assert not configs.measured_losses(sm90, call(1, 8, 1024, 1024, 80))
+    assert not configs.measured_losses(xpu, call(1, 8, 4096, 4096, 40))
+
+
+def test_cpu_declined_outside_the_interpreter(monkeypatch):
+    b = arcattn.backends.create_backends()[1]
+    assert b.name == "triton" and b.available()
+    monkeypatch.setattr(flash, "interpreted", lambda: False)
+    q = torch.randn(1, 1, 8, 40)
+    assert any("only in its interpreter" in r for r in b.unsupported_reasons(make_call(q, q, q)))
+
+
+def test_router_uses_triton_and_passes_masked_calls_to_sdpa(rng):
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 20, 77, 40, torch.float16)
+    arcattn.attention(q, k, v, heads=2)
+    mask = torch.ones(20, 77, dtype=torch.bool, device=DEV)
+    arcattn.attention(q, k, v, heads=2, mask=mask)
+    t = arcattn.telemetry()
+    assert t["triton"]["served"] == 1
+    assert t["triton"]["declined"] == {"attention mask not supported": 1} and t["sdpa"]["served"] == 1
+
+
+def test_repeated_calls_reuse_the_plan(rng):
+    b = arcattn.get_router().backend("triton")
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 20, 30, 40, torch.float32)
+    call = make_call(q, k, v, heads=2)
+    b.run(call)
+    entry = b._entries[call.key]
+    for _ in range(3):
+        q2, k2, v2 = caller_tensors(rng, "bsd", 1, 2, 20, 30, 40, torch.float32)
+        c2 = make_call(q2, k2, v2, heads=2, scale=0.1)
+        out = b.run(c2)
+        assert b._entries[c2.key] is entry
+        ref, _ = attention_reference(c2.q4.cpu(), c2.k4.cpu(), c2.v4.cpu(), scale=0.1)
+        assert rel_error(c2.to_caller(ref), out.cpu()) < TOL[torch.float32]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ARCATTN_SLOW_TESTS") != "1", reason="set ARCATTN_SLOW_TESTS=1")
+@pytest.mark.parametrize("i", range(40))
+def test_random_sweep_slow(rng, poisoned_empty, monkeypatch, i):
+    monkeypatch.setattr("arcattn.backends.triton_flash.INTERPRETER_MAX_WORK", 1 << 40)
+    g = rng
+    pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=g))]  # noqa: E731
+    layout = pick(["bsd", "bhsd", "bshd"])
+    dtype = pick([torch.float32, torch.float16, torch.bfloat16])
+    D = pick([8, 16, 24, 32, 40, 48, 64, 72, 80, 96, 100, 128, 160, 192, 256])
+    Sq, Sk = pick([1, 2, 15, 16, 17, 33, 64, 77, 100, 129]), pick([1, 7, 16, 31, 77, 128, 150, 200])
+    B, H = pick([1, 2, 3]), pick([1, 2, 3])
+    causal, lse, strided = pick([False, True]), pick([False, True]), pick([False, True])
+    q, k, v = caller_tensors(g, layout, B, H, Sq, Sk, D, dtype, strided)
+    heads = H if layout == "bsd" else None
+    res = arcattn.attention(q, k, v, heads=heads, layout=layout, causal=causal, return_lse=lse, backend="triton")
+    out, out_lse = res if lse else (res, None)
+    check_against_reference(make_call(q, k, v, heads=heads, layout=layout, causal=causal, want_lse=lse), out, out_lse)
