@@ -21,3 +21,6 @@ done
 rm -rf /tmp/arcattn-cache
 ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI" python3 bench/unet.py --json "$OUT/unet.json" 2>&1 \
   | grep -v "kept in float32" | tee "$OUT/unet.txt"
+# the test suite on this torch/Triton (CPU reference of the native extension built with this machine's g++)
+python3 extension/build.py --cpu-reference --quiet
+timeout 150 python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest.txt"
