@@ -2,7 +2,7 @@
 file (or bench/gpu_triton.py's results): a PNG, and with --tables the per-shape Markdown tables of
 bench/RESULTS.md.
 
-    python bench/plot_speedup.py [bench/results_triton_h200.json] [-o bench/speedup_triton.png] [--tables]
+    python bench/plot_speedup.py [bench/results/triton_h200.json] [-o bench/speedup_triton.png] [--tables]
 
 Needs matplotlib for the PNG (not a dependency of arcattn; `pip install matplotlib`).
 """
@@ -88,7 +88,7 @@ def plot(d: dict, groups: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="?", default=str(HERE / "results_triton_h200.json"))
+    p.add_argument("results", nargs="?", default=str(HERE / "results" / "triton_h200.json"))
     p.add_argument("-o", "--output", default=str(HERE / "speedup_triton.png"))
     p.add_argument("--tables", action="store_true", help="print the per-shape Markdown tables")
     p.add_argument("--no-plot", action="store_true")

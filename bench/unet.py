@@ -2,17 +2,17 @@
 
 diffusers UNet2DConditionModel from the SD1.5 and SDXL configs (random weights, no download), fp16:
 SD1.5 at 512 px (64x64 latents) and SDXL at 1024 px (128x128 latents), batch 1 and 2. Variants per model:
-stock (diffusers' AttnProcessor2_0), arcattn auto (measured policy), arcattn priority, and each backend forced.
-Attention time per step is measured with device events around every attention product, in a separate pass from
-the step timing (so the events do not perturb it). With ARCATTN_COMFYUI_ROOT set, the same for ComfyUI's
-UNetModel (SD1.5 layout), host attention vs arcattn patched in.
+stock (diffusers' AttnProcessor2_0), "none" (the same step with the attention product removed), arcattn auto
+(measured policy), arcattn priority, and each backend forced; interleaved round by round. Attention time per
+step = step(variant) - step(none): eager (what a host sees, launch costs included) and, on CUDA, from CUDA-graph
+replays (device time alone). With ARCATTN_COMFYUI_ROOT set, ComfyUI's own UNetModel (SD1.5 layout) too, host
+attention vs arcattn patched in.
 
     python bench/unet.py [--models sd15,sdxl] [--batch 1,2] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import arcattn
 from arcattn.env import default_device, describe, versions
@@ -60,64 +59,65 @@ def median_ms(fn, device, warmup=3, reps=10):
     return statistics.median(times), min(times), max(times)
 
 
-class AttentionClock:
-    """Device events around each attention product; sum() gives the attention time of the last pass."""
+class Switch:
+    """One processor on every attention module, delegating to the variant under test, so that variants can be
+    interleaved round by round (drift in clocks or temperature then hits all of them alike)."""
 
-    def __init__(self, device):
-        self.device = device
-        self.pairs = []
+    def __init__(self):
+        self.current = None
 
-    @contextlib.contextmanager
-    def span(self):
-        if self.device.type != "cuda":
-            sync(self.device)
-            t0 = time.perf_counter()
-            yield
-            sync(self.device)
-            self.pairs.append((t0, time.perf_counter()))
-            return
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        yield
-        b.record()
-        self.pairs.append((a, b))
-
-    def total_ms(self):
-        sync(self.device)
-        if self.device.type == "cuda":
-            t = sum(a.elapsed_time(b) for a, b in self.pairs)
-        else:
-            t = sum((b - a) * 1e3 for a, b in self.pairs)
-        self.pairs = []
-        return t
+    def __call__(self, attn, *args, **kwargs):
+        return self.current(attn, *args, **kwargs)
 
 
-def clocked_processor(clock, variant, arc_backend):
-    """A processor that times only the attention product: stock SDPA or arcattn."""
+def variant_processors(variants):
+    """name -> processor. "stock": diffusers' AttnProcessor2_0. "none": the same processor with the attention
+    product removed (the query comes back as the result), so step(variant) - step(none) is what attention costs
+    in a step, host time included. The rest: arcattn with its own router each."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from arcattn.hosts.diffusers import ArcAttnProcessor
 
-    if variant == "stock":
-        real = F.scaled_dot_product_attention
+    class NoAttention(ArcAttnProcessor):
+        def _attention(self, q, k, v, heads, layout, mask, scale):
+            return q if layout == "bsd" else q.transpose(1, 2).flatten(2)
 
-        class Clocked(AttnProcessor2_0):
-            def __call__(self, *a, **k):
-                def timed(*aa, **kk):
-                    with clock.span():
-                        return real(*aa, **kk)
-                F.scaled_dot_product_attention = timed
-                try:
-                    return super().__call__(*a, **k)
-                finally:
-                    F.scaled_dot_product_attention = real
-        return Clocked()
+    procs = {}
+    for v in variants:
+        if v == "stock":
+            procs[v] = AttnProcessor2_0()
+        elif v == "none":
+            procs[v] = NoAttention()
+        else:
+            router = arcattn.Router(arcattn.get_router().backends, disabled=(), prefer="",
+                                    chooser=MeasuredChooser() if v == "auto" else None)
+            procs[v] = ArcAttnProcessor(None if v in ("auto", "priority") else v, router=router)
+    return procs
 
-    class ClockedArc(ArcAttnProcessor):
-        def _attention(self, *a, **k):
-            with clock.span():
-                return super()._attention(*a, **k)
-    return ClockedArc(arc_backend)
+
+def graph_ms(step, device, replays=20):
+    """Median ms of one replay of a CUDA graph of the step: device time alone, no host launch cost."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    del g
+    return statistics.median(times)
 
 
 def build(name, device, dtype):
@@ -143,59 +143,77 @@ def inputs(name, B, device, dtype):
     return x, t, ctx, kw
 
 
-def bench_diffusers(name, batches, device, dtype, variants, rows):
+def bench_diffusers(name, batches, device, dtype, variants, rows, rounds):
     unet = build(name, device, dtype)
     for B in batches:
-        bench_diffusers_batch(unet, name, B, device, dtype, variants, rows)
+        bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds)
     del unet
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows):
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    from arcattn.hosts.diffusers import ArcAttnProcessor
-
+def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds):
     x, t, ctx, kw = inputs(name, B, device, dtype)
+    switch = Switch()
+    unet.set_attn_processor(switch)
+    procs = variant_processors(variants)
     step = lambda: unet(x, t, encoder_hidden_states=ctx, **kw).sample  # noqa: E731
-    ref = None
-    for variant in variants:
-        backend = None if variant in ("auto", "priority") else variant
-        if variant == "stock":
-            unet.set_attn_processor(AttnProcessor2_0())
-        else:
-            router = arcattn.Router(arcattn.get_router().backends, disabled=(), prefer="",
-                                    chooser=MeasuredChooser() if variant == "auto" else None)
-            arcattn.set_router(router)
-            unet.set_attn_processor(ArcAttnProcessor(backend))
-        with torch.no_grad():
-            t_tune = time.perf_counter()
-            out = step()
+    res = {v: {"model": name, "batch": B, "variant": v} for v in variants}
+    outs = {}
+    with torch.no_grad():
+        for v in variants:  # first steps: measuring (auto), compiling (triton), outputs for the error check
+            switch.current = procs[v]
+            t0 = time.perf_counter()
+            outs[v] = step().float()
             sync(device)
-            first_ms = (time.perf_counter() - t_tune) * 1e3
-            calls_per_step = (sum(d["calls"] for d in arcattn.get_router().decisions())
-                              if variant != "stock" else None)
-            ms, lo, hi = median_ms(step, device)
-            clock = AttentionClock(device)
-            unet.set_attn_processor(clocked_processor(clock, variant, backend))
+            res[v]["first_step_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+            router = getattr(procs[v], "router", None)
+            res[v]["attention_calls_per_step"] = sum(d["calls"] for d in router.decisions()) if router else None
             step()
-            clock.total_ms()
-            attn = statistics.median([(step(), clock.total_ms())[1] for _ in range(5)])
-        if variant != "stock":
-            served = {d["backend"]: 0 for d in arcattn.get_router().decisions()}
-            for d in arcattn.get_router().decisions():
-                served[d["backend"]] += d["calls"]
-        else:
-            served = {"torch sdpa": None}
-        if ref is None:
-            ref = out.float()
-        err = float((out.float() - ref).norm() / ref.norm())
-        rows.append({"model": name, "batch": B, "variant": variant, "step_ms": round(ms, 3), "step_min_ms": round(lo, 3),
-                     "step_max_ms": round(hi, 3), "attention_ms": round(attn, 3), "first_step_ms": round(first_ms, 1), "attention_calls_per_step": calls_per_step,
-                     "rel_err_vs_stock": err, "served": served})
-        print(f"  {name:<5} B={B} {variant:<9} step {ms:8.2f} ms (min {lo:.2f}, max {hi:.2f})  attention {attn:7.2f} ms"
-              f" ({100 * attn / ms:4.1f}% of step)  vs stock err {err:.1e}  served {served}", flush=True)
+        eager = {v: [] for v in variants}
+        for r in range(rounds):
+            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+                switch.current = procs[v]
+                sync(device)
+                t0 = time.perf_counter()
+                step()
+                step()
+                sync(device)
+                eager[v].append((time.perf_counter() - t0) * 1e3 / 2)
+        graphs = {}
+        if device.type == "cuda":
+            for v in variants:
+                switch.current = procs[v]
+                try:
+                    graphs[v] = graph_ms(step, device)
+                except Exception as e:  # noqa: BLE001
+                    graphs[v] = None
+                    res[v]["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+    ref = outs.get("stock")
+    for v in variants:
+        r = res[v]
+        r["step_ms"] = round(statistics.median(eager[v]), 3)
+        r["step_spread_ms"] = [round(min(eager[v]), 3), round(max(eager[v]), 3)]
+        r["graph_step_ms"] = None if graphs.get(v) is None else round(graphs[v], 3)
+        if "none" in variants:
+            r["attention_ms"] = round(r["step_ms"] - statistics.median(eager["none"]), 3)
+            if graphs.get(v) is not None and graphs.get("none") is not None:
+                r["attention_graph_ms"] = round(graphs[v] - graphs["none"], 3)
+        if ref is not None and v != "none":
+            r["rel_err_vs_stock"] = float((outs[v] - ref).norm() / ref.norm())
+        router = getattr(procs[v], "router", None)
+        if router is not None:
+            served = {}
+            for d in router.decisions():
+                served[d["backend"]] = served.get(d["backend"], 0) + d["calls"]
+            r["served"] = served
+        rows.append(r)
+        g = "" if r["graph_step_ms"] is None else f" graph {r['graph_step_ms']:7.2f} ms"
+        a = "" if "attention_ms" not in r else f"  attention {r['attention_ms']:6.2f} ms"
+        ag = "" if "attention_graph_ms" not in r else f" (graph {r['attention_graph_ms']:6.2f} ms)"
+        e = "" if "rel_err_vs_stock" not in r else f"  err {r['rel_err_vs_stock']:.1e}"
+        print(f"  {name:<5} B={B} {v:<9} step {r['step_ms']:8.2f} ms [{r['step_spread_ms'][0]:.2f}, "
+              f"{r['step_spread_ms'][1]:.2f}]{g}{a}{ag}{e}  {r.get('served', '')}", flush=True)
 
 
 def bench_comfyui(root, B, device, dtype, rows, channels=320):
@@ -254,7 +272,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sd15,sdxl")
     p.add_argument("--batch", default="1,2")
-    p.add_argument("--variants", default="stock,auto,priority,sdpa,triton")
+    p.add_argument("--variants", default="stock,none,auto,priority,sdpa,triton")
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--json", default=None)
     p.add_argument("--comfyui-channels", type=int, default=320, help="ComfyUI UNet width (320 = SD1.5; small for smoke tests)")
@@ -264,9 +283,9 @@ def main(argv=None) -> int:
     print(describe(device), flush=True)
     rows = []
     available = {b.name for b in arcattn.get_router().backends if b.available()}
-    variants = [v for v in args.variants.split(",") if v in ("stock", "auto", "priority") or v in available]
+    variants = [v for v in args.variants.split(",") if v in ("stock", "none", "auto", "priority") or v in available]
     for name in filter(None, args.models.split(",")):
-        bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows)
+        bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows, args.rounds)
     root = os.environ.get("ARCATTN_COMFYUI_ROOT")
     if root:
         for B in (int(b) for b in args.batch.split(",")):

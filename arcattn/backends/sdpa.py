@@ -7,6 +7,7 @@ fused kernel costs little (each chunk is still large), so the rule is simply "th
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -53,9 +54,11 @@ class SDPABackend(Backend):
             return self._run_with_lse(call, rows or call.Sq)
         q4, k4, v4 = call.q4, call.k4, call.v4
         mask = _mask_for(call)
+        # the default scale is left for torch to fill in, so the call is exactly the one hosts make themselves
+        scale = None if abs(call.scale * math.sqrt(call.D) - 1.0) < 1e-6 else call.scale
         if rows is None:
             o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, is_causal=call.causal and mask is None,
-                                               scale=call.scale)
+                                               scale=scale)
             if call.device.type == "cpu":
                 o = _propagate_query_nan(q4, o)
             return call.to_caller(o)
@@ -63,7 +66,7 @@ class SDPABackend(Backend):
         for i in range(0, call.Sq, rows):
             j = min(i + rows, call.Sq)
             o = F.scaled_dot_product_attention(q4[:, :, i:j], k4, v4, attn_mask=_rows(call, mask, i, j),
-                                               scale=call.scale)
+                                               scale=scale)
             out4[:, :, i:j] = _propagate_query_nan(q4[:, :, i:j], o) if call.device.type == "cpu" else o
         return out
 

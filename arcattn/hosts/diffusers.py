@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..api import get_router
 from ..call import make_call
+from ..dispatch import Router
 
 log = logging.getLogger("arcattn")
 
@@ -24,8 +25,9 @@ _ORIGINALS_ATTR = "_arcattn_original_processors"
 class ArcAttnProcessor:
     """Attention processor that routes the attention product through arcattn (SDPA if anything goes wrong)."""
 
-    def __init__(self, backend: Optional[str] = None):
+    def __init__(self, backend: Optional[str] = None, router: Optional[Router] = None):
         self.backend = None if backend in (None, "", "auto") else backend
+        self.router = router  # None: the process-wide router
         self._warned: set = set()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
@@ -82,7 +84,7 @@ class ArcAttnProcessor:
     def _attention(self, q, k, v, heads, layout, mask, scale):
         try:
             call = make_call(q, k, v, heads=heads, layout=layout, out_layout="bsd", mask=mask, scale=scale)
-            return get_router().run(call, prefer=self.backend)
+            return (self.router or get_router()).run(call, prefer=self.backend)
         except Exception as e:  # noqa: BLE001 - a generation is never lost because of arcattn
             what = f"{type(e).__name__}: {e}"
             if what not in self._warned:

@@ -355,8 +355,10 @@ class Plan:
         self.align = 16 // torch.tensor([], dtype=dtype).element_size()
         self.kwargs_al = dict(common, D0=self.D0, D1=self.D1, C1=tail_start(self.D0, self.D1), AL=self.align)
         self.kwargs_al_scale_first = dict(self.kwargs_al, SCALE_FIRST=True)
-        # direct launches of the cached compiled kernel (not in the interpreter; ARCATTN_TRITON_FAST_LAUNCH=0: off)
-        self.fast = None if interp or os.environ.get("ARCATTN_TRITON_FAST_LAUNCH") == "0" else {}
+        # direct launches of the cached compiled kernel (not in the interpreter, not for tensor-descriptor
+        # kernels, whose global scratch only Triton's launcher allocates; ARCATTN_TRITON_FAST_LAUNCH=0: off)
+        self.fast = (None if interp or use_desc or os.environ.get("ARCATTN_TRITON_FAST_LAUNCH") == "0"
+                     else {})
         self.device_index = device.index if device.index is not None else 0
         self.verified = False
 
@@ -410,6 +412,8 @@ def launch(plan: Plan, q, k, v, out, lse, sq: tuple, sk: tuple, sv: tuple, so: t
     else:
         ws = wsl = locks = out
     args = (q, k, v, out, out if lse is None else lse, ws, wsl, locks, scale * LOG2E, H, Sq, Sk, *sq, *sk, *sv, *so)
+    if kw["USE_DESC"] and not interpreted():
+        _ensure_allocator(out.device)
     fast = plan.fast
     if fast is not None:
         # Triton specialises on pointer alignment and on strides (== 1, % 16): same strides and alignments,
@@ -426,6 +430,23 @@ def launch(plan: Plan, q, k, v, out, lse, sq: tuple, sk: tuple, sv: tuple, so: t
         return
     _attn_fwd[plan.grid](*args, **kw)
 
+
+def _ensure_allocator(device: torch.device) -> None:
+    """Tensor descriptors can need a global scratch buffer, which Triton takes from the allocator set for the
+    current thread (a ContextVar: a host's sampling thread starts without one). Install a torch-backed one where
+    none is set; never replace one that someone else set."""
+    try:
+        from triton.runtime import _allocation
+        if _allocation._allocator.get() is not _allocation._NULL_ALLOCATOR:
+            return
+    except Exception:  # noqa: BLE001 - private API moved: set ours once per thread
+        if getattr(_alloc_local, "done", False):
+            return
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    _alloc_local.done = True
+
+
+_alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS", "SCALE_FIRST", "IEEE",
            "UPCAST", "USE_DESC", "AL")
