@@ -60,9 +60,9 @@ class AttentionCall:
     def _as4(self, t: torch.Tensor, d: int) -> torch.Tensor:
         if self.layout == "bhsd":
             return t
-        if self.layout == "bsd":
-            t = t.unflatten(-1, (self.H, d))
-        return t.transpose(1, 2)
+        # one as_strided instead of unflatten + transpose: on a GPU host each view op costs microseconds,
+        # and these three run on every call that reaches SDPA
+        return t.as_strided((self.B, self.H, t.shape[1], d), self.strides4(t))
 
     @property
     def q4(self) -> torch.Tensor:
