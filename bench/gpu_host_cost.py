@@ -48,6 +48,8 @@ def main():
         ("SDPABackend.run(call)", lambda: sdpa.run(call)),
         ("TritonBackend.run(call)", lambda: tri.run(call)),
         ("make_call", lambda: make_call(q, k, v, heads=H)),
+        ("SDPABackend.run(make_call(...))", lambda: sdpa.run(make_call(q, k, v, heads=H))),
+        ("router.run(make_call(...), sdpa)", lambda: router.run(make_call(q, k, v, heads=H), prefer="sdpa")),
         ("attention(backend=sdpa)", lambda: arcattn.attention(q, k, v, heads=H, backend="sdpa")),
         ("attention(backend=triton)", lambda: arcattn.attention(q, k, v, heads=H, backend="triton")),
     ]
@@ -60,7 +62,9 @@ def main():
                  ("ArcAttnProcessor(triton)", lambda: arc_t(attn, x))]
         for name, fn in rows:
             print(f"  {name:<34} {per_call_us(fn):8.1f} us/call (host)")
-        for name, fn in (("stock", lambda: stock(attn, x)), ("arc sdpa", lambda: arc_s(attn, x))):
+        for name, fn in (("attention(backend=sdpa)", lambda: arcattn.attention(q, k, v, heads=H, backend="sdpa")),
+                         ("sdpa.run(make_call)", lambda: sdpa.run(make_call(q, k, v, heads=H))),
+                         ("stock", lambda: stock(attn, x)), ("arc sdpa", lambda: arc_s(attn, x))):
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(300):
