@@ -30,7 +30,7 @@ from .env import versions
 
 log = logging.getLogger("arcattn")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: times are per call in a stream of calls
 TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-6}
 
 
@@ -70,17 +70,20 @@ def _sync(device: torch.device) -> None:
         torch.xpu.synchronize(device)
 
 
-def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 7) -> float:
-    """Median wall time of fn() in microseconds, the device synchronised around each run."""
+def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 5, batch: int = 10) -> float:
+    """Microseconds per call of fn() in a stream of back-to-back calls, as a UNet makes them: the median over
+    `reps` batches of `batch` calls, synchronised only around each batch. That is max(host time, device time)
+    per call; a sync per call would add the round trip to every call and blur the small shapes together."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        for _ in range(batch):
+            fn()
         _sync(device)
-        times.append((time.perf_counter() - t0) * 1e6)
+        times.append((time.perf_counter() - t0) * 1e6 / batch)
     return statistics.median(times)
 
 
@@ -142,7 +145,7 @@ class TuneCache:
 class MeasuredChooser:
     """A Router chooser: fastest eligible backend within tolerance of sdpa, measured once per bucket."""
 
-    def __init__(self, directory: Optional[str] = None, *, reps: int = 7, measure_cpu: bool = False):
+    def __init__(self, directory: Optional[str] = None, *, reps: int = 5, measure_cpu: bool = False):
         self.directory = directory
         self.reps = reps
         self.measure_cpu = measure_cpu  # tests only: on a real CPU setup there is nothing to choose

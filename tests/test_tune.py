@@ -73,8 +73,8 @@ def test_nearby_length_shares_a_bucket_new_resolution_does_not_retune_everything
     assert bucket(256) == bucket(264) and bucket(256) != bucket(512) and bucket(77) != bucket(64)
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 1, "env": {"torch": "0.0"}, "entries": {}}),
-                                     json.dumps({"version": 1, "env": None, "entries": {"x": 3}})])
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 2, "env": {"torch": "0.0"}, "entries": {}}),
+                                     json.dumps({"version": 2, "env": None, "entries": {"x": 3}})])
 def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, content):
     cache = TuneCache(torch.device("cpu"), str(tmp_path))
     with open(cache.path, "w") as f:
@@ -125,3 +125,12 @@ def test_bucket_key_names_the_signature(rng):
     call = arcattn.make_call(*qkv(rng, S=77), heads=4)
     assert bucket_key(call).startswith("B1 H4 Sq~2^6.5 Sk~2^6.5 D16")
     assert bucket(4096) == "2^12" and bucket(40) == "40"
+
+
+def test_cache_of_an_older_format_is_not_trusted(tmp_path, rng, caplog):
+    cache = TuneCache(torch.device("cpu"), str(tmp_path))
+    with open(cache.path, "w") as f:  # right setup, old format: its times meant something else
+        json.dump({"version": 1, "env": cache.env, "entries": {}}, f)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        TuneCache(torch.device("cpu"), str(tmp_path))
+    assert any("another setup or cache version" in r.getMessage() for r in caplog.records)
