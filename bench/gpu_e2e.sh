@@ -24,6 +24,7 @@ if has tune; then
 fi
 has checks && python3 bench/gpu_checks.py 2>&1 | tee "$OUT/checks.txt"
 has hostcost && python3 bench/gpu_host_cost.py 2>&1 | tee "$OUT/host_cost.txt"
+has stepprofile && python3 bench/gpu_step_profile.py 2>&1 | tee "$OUT/step_profile.txt"
 if has unet; then
   rm -rf /tmp/arcattn-cache
   ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI" python3 bench/unet.py --json "$OUT/unet.json" 2>&1 \
