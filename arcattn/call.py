@@ -40,13 +40,14 @@ class AttentionCall:
     view; `empty_out()` allocates the output in the caller's layout and returns a (B, H, Sq, Dv) view into it.
     """
 
-    __slots__ = ("q", "k", "v", "mask", "scale", "causal", "want_lse", "key", "geo",
+    __slots__ = ("q", "k", "v", "mask", "scale", "default_scale", "causal", "want_lse", "key", "geo",
                  "layout", "out_layout", "B", "H", "Sq", "Sk", "D", "Dv", "dtype", "device")
 
-    def __init__(self, q, k, v, mask, scale, causal, want_lse, key, geo: Geometry):
+    def __init__(self, q, k, v, mask, scale, causal, want_lse, key, geo: Geometry, default_scale: bool = False):
         self.q, self.k, self.v = q, k, v
         self.mask = mask
         self.scale = scale
+        self.default_scale = default_scale  # scale is 1/sqrt(D): backends may leave it to their own default
         self.causal = causal
         self.want_lse = want_lse
         self.key = key
@@ -63,6 +64,19 @@ class AttentionCall:
         # one as_strided instead of unflatten + transpose: on a GPU host each view op costs microseconds,
         # and these three run on every call that reaches SDPA
         return t.as_strided((self.B, self.H, t.shape[1], d), self.strides4(t))
+
+    def views4(self) -> tuple:
+        """(q4, k4, v4) at once: the hot path of every SDPA call, so written out rather than composed."""
+        q, k, v = self.q, self.k, self.v
+        if self.layout == "bhsd":
+            return q, k, v
+        if self.layout == "bshd":
+            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        B, H, D, Dv, Sk = self.B, self.H, self.D, self.Dv, self.Sk
+        a, b, c = q.stride(), k.stride(), v.stride()
+        return (q.as_strided((B, H, self.Sq, D), (a[0], D * a[2], a[1], a[2])),
+                k.as_strided((B, H, Sk, D), (b[0], D * b[2], b[1], b[2])),
+                v.as_strided((B, H, Sk, Dv), (c[0], Dv * c[2], c[1], c[2])))
 
     @property
     def q4(self) -> torch.Tensor:
@@ -135,15 +149,16 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
                 _geometry.clear()
             _geometry[key] = geo
     if scale is None:
-        scale = 1.0 / math.sqrt(geo.D)
+        scale, default_scale = 1.0 / math.sqrt(geo.D), True
     else:
         scale = _check_scale(scale)
+        default_scale = abs(scale * math.sqrt(geo.D) - 1.0) < 1e-6
     if mask is not None:
         if geo.mask_ndim == 2:
             mask = mask[None, None]
         elif geo.mask_ndim == 3:
             mask = mask[:, None]
-    return AttentionCall(q, k, v, mask, scale, bool(causal), bool(want_lse), key, geo)
+    return AttentionCall(q, k, v, mask, scale, bool(causal), bool(want_lse), key, geo, default_scale)
 
 
 def _check_scale(scale) -> float:

@@ -155,3 +155,10 @@ def test_validation_is_remembered_but_still_checks_new_signatures():
 def test_default_scale_is_inverse_sqrt_head_dim():
     call = arcattn.make_call(t(1, 4, 40 * 2), t(1, 4, 80), t(1, 4, 80), heads=2)
     assert call.scale == pytest.approx(1 / math.sqrt(40))
+
+
+def test_default_scale_is_flagged_so_backends_can_leave_it_to_their_default():
+    q = t(1, 4, 80)
+    assert arcattn.make_call(q, q, q, heads=2).default_scale
+    assert arcattn.make_call(q, q, q, heads=2, scale=40 ** -0.5).default_scale
+    assert not arcattn.make_call(q, q, q, heads=2, scale=0.3).default_scale

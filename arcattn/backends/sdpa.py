@@ -7,7 +7,6 @@ fused kernel costs little (each chunk is still large), so the rule is simply "th
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -49,13 +48,20 @@ class SDPABackend(Backend):
         return max(1, self.max_alloc_bytes // row_bytes)
 
     def run(self, call: AttentionCall):
+        if call.mask is None and not call.causal and not call.want_lse and call.device.type not in self.chunk_devices:
+            # the common host call, kept to as few Python steps as the host's own attention function takes:
+            # on a slow host CPU every extra call here shows up in a CPU-bound UNet step
+            q4, k4, v4 = call.views4()
+            o = F.scaled_dot_product_attention(q4, k4, v4, scale=None if call.default_scale else call.scale)
+            if call.device.type == "cpu":
+                o = _propagate_query_nan(q4, o)
+            return call.to_caller(o)
         rows = self.chunk_rows(call)
         if call.want_lse:
             return self._run_with_lse(call, rows or call.Sq)
-        q4, k4, v4 = call.q4, call.k4, call.v4
+        q4, k4, v4 = call.views4()
         mask = _mask_for(call)
-        # the default scale is left for torch to fill in, so the call is exactly the one hosts make themselves
-        scale = None if abs(call.scale * math.sqrt(call.D) - 1.0) < 1e-6 else call.scale
+        scale = None if call.default_scale else call.scale  # as hosts call it: torch fills in its default
         if rows is None:
             o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, is_causal=call.causal and mask is None,
                                                scale=scale)
