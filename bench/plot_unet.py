@@ -1,6 +1,6 @@
 """Plot bench/unet.py's JSON: attention time per UNet step by variant (eager and CUDA-graph), per model and batch.
 
-    python bench/plot_unet.py [bench/results/e2e_visit6/unet.json] [-o bench/unet_attention.png]
+    python bench/plot_unet.py [bench/results/e2e_visit8/unet.json] [-o bench/unet_attention.png]
 (needs matplotlib, which arcattn itself does not)
 """
 import argparse
