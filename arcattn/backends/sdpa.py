@@ -99,8 +99,10 @@ class SDPABackend(Backend):
 def _propagate_query_nan(q4, o):
     # torch's CPU flash kernel returns 0 for a query row holding NaN (k/v NaN do propagate); NaN in must give NaN
     # out, never a plausible-looking row. On the CPU this O(S*D) check is noise next to the O(S^2*D) product.
+    if not bool(q4.sum().isnan()):  # one cheap reduction first (inf - inf also lands here; then nothing changes)
+        return o
     bad = torch.isnan(q4).any(dim=-1, keepdim=True)
-    return o.masked_fill(bad, float("nan")) if bool(bad.any()) else o
+    return o.masked_fill(bad, float("nan"))
 
 
 def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
