@@ -19,6 +19,7 @@ sets so that repeated calls do not just re-read the L2 cache. --breakdown adds w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -30,6 +31,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .env import synchronize
 
 DEFAULT_SHAPES = Path(__file__).resolve().parent.parent / "bench" / "shapes.json"
 QUICK_SHAPES = [
@@ -44,25 +47,18 @@ CHECK_TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float32: 1e-3}
 
 # ------------------------------------------------------------------------------------------------- timing
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "xpu":
-        torch.xpu.synchronize(device)
-
-
 def calibrate(fn: Callable[[int], object], device: torch.device, *, target_ms: float = 2.0, warmup: int = 3) -> int:
     """Warm fn up (compilation, caches) and return how many back-to-back calls make one >= target_ms sample."""
     t0 = time.perf_counter()
     fn(0)
-    sync(device)
+    synchronize(device)
     one = time.perf_counter() - t0
     for i in range(warmup if one < 0.02 else 0):
         fn(i)
-    sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     fn(0)
-    sync(device)
+    synchronize(device)
     one = max(time.perf_counter() - t0, 1e-6)
     return int(min(10000, max(3 if one < 0.02 else 1, target_ms * 1e-3 / one)))
 
@@ -79,11 +75,11 @@ def sample_us(fn: Callable[[int], object], device: torch.device, n: int) -> floa
         end.record()
         end.synchronize()
         return start.elapsed_time(end) * 1e3 / n
-    sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for i in range(n):
         fn(i)
-    sync(device)
+    synchronize(device)
     return (time.perf_counter() - t0) * 1e6 / n
 
 
@@ -156,23 +152,6 @@ def methods_for(device: torch.device, H: int, wanted: Optional[set], sample_call
 
 # ------------------------------------------------------------------------------------------------- one case
 
-class _context:
-    """The method's context (a forced torch SDPA kernel), entered around each use."""
-
-    def __init__(self, m: "Method"):
-        self.ctx = m.ctx() if m.ctx else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
-
-
 def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wanted: Optional[set], reps: int,
                check: bool) -> list:
     from arcattn.call import make_call
@@ -199,7 +178,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
             row["status"] = "skipped: the math path would materialise a too large score matrix"
             continue
         try:
-            with _context(m):
+            with (m.ctx() if m.ctx else contextlib.nullcontext()):
                 out = m.fn(*sets[0])
                 if ref is not None and m.name != "torch":
                     row["rel_err_vs_torch"] = rel_error(out.float(), ref)
@@ -217,7 +196,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
     try:
         for _ in range(reps if all(n > 1 for *_, n in timed) else min(reps, 3)):
             for row, m, fn, n in timed:
-                with _context(m):
+                with (m.ctx() if m.ctx else contextlib.nullcontext()):
                     samples[id(row)].append(sample_us(fn, device, n))
     finally:
         if gc_was:
@@ -261,14 +240,14 @@ def breakdown(shape: dict, B: int, dtype: torch.dtype, device: torch.device, n: 
     def cpu_us(fn) -> float:
         for _ in range(20):
             fn()
-        sync(device)
+        synchronize(device)
         best = []
         for _ in range(5):
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
             best.append((time.perf_counter() - t0) * 1e6 / n)
-            sync(device)
+            synchronize(device)
         return statistics.median(best)
 
     launch = lambda: flash.launch(e.plan, q, k, v, out, None, sq, sk, sv, e.so, call.scale, H, Sq, Sk)  # noqa: E731

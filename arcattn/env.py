@@ -19,6 +19,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CPU: nothing to wait for). Timing code uses this around its samples."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
 def device_name(device: Optional[torch.device] = None) -> str:
     device = torch.device(device) if device is not None else default_device()
     try:

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from .call import AttentionCall, make_call
-from .env import versions
+from .env import synchronize, versions
 
 log = logging.getLogger("arcattn")
 
@@ -63,26 +63,19 @@ def bucket_key(call: AttentionCall) -> str:
             f"{' causal' if call.causal else ''}{' lse' if call.want_lse else ''}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "xpu":
-        torch.xpu.synchronize(device)
-
-
 def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 5, batch: int = 10) -> float:
     """Microseconds per call of fn() in a stream of back-to-back calls, as a UNet makes them: the median over
     `reps` batches of `batch` calls, synchronised only around each batch. That is max(host time, device time)
     per call; a sync per call would add the round trip to every call and blur the small shapes together."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(batch):
             fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) * 1e6 / batch)
     return statistics.median(times)
 
@@ -207,20 +200,19 @@ def _first(result):
 # -- python -m arcattn tune -----------------------------------------------------------------------------------
 def main(argv=None) -> int:
     from .api import get_router
+    from .bench import load_shapes
     from .env import default_device, describe
 
     p = argparse.ArgumentParser(prog="python -m arcattn tune", description="Measure the backends per shape ahead "
                                 "of time and keep the fastest correct choice in the tuning cache.")
-    p.add_argument("--shapes", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                    "bench", "shapes.json"))
+    p.add_argument("--shapes", default=None, help="shapes JSON (default: the repository's bench/shapes.json)")
     p.add_argument("--batch", default="1,2")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device) if args.device else default_device()
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    with open(args.shapes, encoding="utf-8") as f:
-        shapes = json.load(f)["shapes"]
+    shapes = load_shapes(args.shapes)
     router = get_router()
     chooser = router.chooser if isinstance(router.chooser, MeasuredChooser) else MeasuredChooser()
     print(describe(device))

@@ -22,7 +22,7 @@ import time
 import torch
 
 import arcattn
-from arcattn.env import default_device, describe, versions
+from arcattn.env import default_device, describe, synchronize, versions
 from arcattn.tune import MeasuredChooser
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -39,22 +39,15 @@ SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, 
 MODELS = {"sd15": (SD15, 64, 768), "sdxl": (SDXL, 128, 2048)}
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "xpu":
-        torch.xpu.synchronize()
-
-
 def median_ms(fn, device, warmup=3, reps=10):
     for _ in range(warmup):
         fn()
-    sync(device)
+    synchronize(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), min(times), max(times)
 
@@ -165,7 +158,7 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds):
             switch.current = procs[v]
             t0 = time.perf_counter()
             outs[v] = step().float()
-            sync(device)
+            synchronize(device)
             res[v]["first_step_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             router = getattr(procs[v], "router", None)
             res[v]["attention_calls_per_step"] = sum(d["calls"] for d in router.decisions()) if router else None
@@ -174,11 +167,11 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds):
         for r in range(rounds):
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
                 switch.current = procs[v]
-                sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 step()
                 step()
-                sync(device)
+                synchronize(device)
                 eager[v].append((time.perf_counter() - t0) * 1e3 / 2)
         graphs = {}
         if device.type == "cuda":
