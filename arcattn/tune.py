@@ -138,9 +138,11 @@ class TuneCache:
 class MeasuredChooser:
     """A Router chooser: fastest eligible backend within tolerance of sdpa, measured once per bucket."""
 
-    def __init__(self, directory: Optional[str] = None, *, reps: int = 5, measure_cpu: bool = False):
+    def __init__(self, directory: Optional[str] = None, *, reps: int = 5, batch: int = 10,
+                 measure_cpu: bool = False):
         self.directory = directory
         self.reps = reps
+        self.batch = batch
         self.measure_cpu = measure_cpu  # tests only: on a real CPU setup there is nothing to choose
         self._caches: dict = {}
 
@@ -181,7 +183,7 @@ class MeasuredChooser:
                     if not math.isfinite(err) or err > tol:
                         rejected[b.name] = f"differs from sdpa by {err:.2e} (tolerance {tol:.0e})"
                         continue
-                times[b.name] = round(time_us(lambda: b.run(trial), call.device, reps=self.reps), 2)
+                times[b.name] = round(time_us(lambda: b.run(trial), call.device, reps=self.reps, batch=self.batch), 2)
             except Exception as e:  # noqa: BLE001
                 rejected[b.name] = f"{type(e).__name__}: {e}"[:200]
         for name, why in rejected.items():

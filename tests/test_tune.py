@@ -29,12 +29,12 @@ class Timed(Backend):
 
 class SlowSDPA(SDPABackend):
     def run(self, call):
-        time.sleep(0.004)
+        time.sleep(0.02)  # far above any scheduling noise on a busy 2-core machine
         return super().run(call)
 
 
 def make_router(tmp_path, *backends):
-    chooser = MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True)
+    chooser = MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True)
     router = Router([*backends, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
     arcattn.set_router(router)
     return router, chooser
@@ -45,8 +45,8 @@ def qkv(gen, S=64):
 
 
 def test_fastest_correct_backend_wins_and_is_cached(tmp_path, rng):
-    slow, fast, wrong = Timed("slow", 0.003), Timed("fast", 0.0), Timed("wrong", 0.0, wrong=True)
-    chooser = MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True)
+    slow, fast, wrong = Timed("slow", 0.02), Timed("fast", 0.0), Timed("wrong", 0.0, wrong=True)
+    chooser = MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True)
     router = Router([slow, wrong, fast, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
     arcattn.set_router(router)
     arcattn.attention(*qkv(rng), heads=4)
@@ -55,9 +55,9 @@ def test_fastest_correct_backend_wins_and_is_cached(tmp_path, rng):
     assert "differs from sdpa" in entry["rejected"]["wrong"]
     assert set(entry["times_us"]) == {"slow", "fast", "sdpa"}
     # a new process (new chooser) with the same setup reads the cache instead of measuring
-    slow2, fast2 = Timed("slow", 0.003), Timed("fast", 0.0)
+    slow2, fast2 = Timed("slow", 0.02), Timed("fast", 0.0)
     router2 = Router([slow2, Timed("wrong", 0.0, wrong=True), fast2, SlowSDPA()], disabled=(), prefer="",
-                     chooser=MeasuredChooser(str(tmp_path), reps=3, measure_cpu=True))
+                     chooser=MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True))
     arcattn.set_router(router2)
     arcattn.attention(*qkv(rng), heads=4)
     assert slow2.runs == 0 and fast2.runs == 1
