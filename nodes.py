@@ -6,7 +6,16 @@ try:  # loaded as part of the node package (ComfyUI) or as a plain module (tests
 except ImportError:
     from _loader import load_arcattn
 
-BACKEND_CHOICES = ["auto", "xmx", "triton", "sdpa"]
+import logging
+
+log = logging.getLogger("arcattn")
+
+
+def backend_choices() -> list:
+    try:
+        return ["auto", *load_arcattn().backends.NAMES]
+    except Exception:  # noqa: BLE001 - arcattn failed to load: the node still lists, and passes models through
+        return ["auto"]
 
 
 class ArcAttention:
@@ -24,11 +33,16 @@ class ArcAttention:
         return {"required": {
             "model": ("MODEL",),
             "enabled": ("BOOLEAN", {"default": True, "label_on": "arcattn", "label_off": "ComfyUI attention"}),
-            "backend": (BACKEND_CHOICES, {"default": "auto"}),
+            "backend": (backend_choices(), {"default": "auto"}),
         }}
 
     def apply(self, model, enabled: bool = True, backend: str = "auto"):
-        comfyui = load_arcattn().hosts.comfyui
+        try:
+            comfyui = load_arcattn().hosts.comfyui
+        except Exception as e:  # noqa: BLE001 - a workflow must never fail because of arcattn
+            log.error("Arc Attention: arcattn is not loaded (%s: %s); the model passes through unchanged",
+                      type(e).__name__, e)
+            return (model,)
         m = model.clone()
         opts = m.model_options.setdefault("transformer_options", {})
         opts = m.model_options["transformer_options"] = dict(opts)  # never share the dict with the source model

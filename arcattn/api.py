@@ -37,11 +37,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: Optio
     "bshd" = (B, S, H, D). Default: "bsd" for 3-D inputs, "bhsd" for 4-D. The output comes in `out_layout`
     (default: the input layout). `mask`: bool (True = attend) or float (added to the scores), 2-D/3-D/4-D,
     broadcastable to (B, H, Sq, Sk). `causal` is top-left aligned. `return_lse` also returns the fp32
-    log-sum-exp, shape (B, H, Sq). `backend` forces one backend and raises if it cannot serve the call.
+    log-sum-exp, shape (B, H, Sq). `backend` forces one backend and raises if it cannot serve the call
+    ("auto" or None: the router's choice, with its fallback). Inputs that need gradients go to a backend with a
+    backward (sdpa).
     """
     call = make_call(q, k, v, heads=heads, layout=layout, out_layout=out_layout, mask=mask, scale=scale,
                      causal=causal, want_lse=return_lse)
-    return get_router().run(call, prefer=backend, strict=backend is not None)
+    return get_router().run(call, prefer=backend, strict=backend not in (None, "", "auto"))
 
 
 def telemetry() -> dict:

@@ -318,7 +318,7 @@ def load_shapes(path: Optional[str]) -> list:
     p = Path(path) if path else DEFAULT_SHAPES
     if not p.exists():
         raise SystemExit(f"no shapes file at {p}: pass --shapes PATH (the repository's bench/shapes.json format:"
-                         ' {"shapes": [{"name", "H", "D", "Sq", "Sk"}, ...]}), or use --quick')
+                         ' {"shapes": [{"name", "H", "D", "Sq", "Sk"}, ...]})')
     with open(p) as f:
         return json.load(f)["shapes"]
 

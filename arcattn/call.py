@@ -40,18 +40,19 @@ class AttentionCall:
     view; `empty_out()` allocates the output in the caller's layout and returns a (B, H, Sq, Dv) view into it.
     """
 
-    __slots__ = ("q", "k", "v", "mask", "scale", "default_scale", "causal", "want_lse", "key", "geo",
+    __slots__ = ("q", "k", "v", "mask", "scale", "default_scale", "causal", "want_lse", "needs_grad", "key",
                  "layout", "out_layout", "B", "H", "Sq", "Sk", "D", "Dv", "dtype", "device")
 
-    def __init__(self, q, k, v, mask, scale, causal, want_lse, key, geo: Geometry, default_scale: bool = False):
+    def __init__(self, q, k, v, mask, scale, causal, want_lse, key, geo: Geometry, default_scale: bool = False,
+                 needs_grad: bool = False):
         self.q, self.k, self.v = q, k, v
         self.mask = mask
         self.scale = scale
         self.default_scale = default_scale  # scale is 1/sqrt(D): backends may leave it to their own default
         self.causal = causal
         self.want_lse = want_lse
+        self.needs_grad = needs_grad  # autograd will want a backward through this call
         self.key = key
-        self.geo = geo
         self.layout, self.out_layout = geo.layout, geo.out_layout
         self.B, self.H, self.Sq, self.Sk, self.D, self.Dv = geo.B, geo.H, geo.Sq, geo.Sk, geo.D, geo.Dv
         self.dtype = q.dtype
@@ -135,13 +136,16 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
               scale: Optional[float] = None, causal: bool = False, want_lse: bool = False) -> AttentionCall:
     """Check the arguments (raising TypeError/ValueError that name the problem) and build the call."""
     try:
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, heads,
                layout, out_layout,
                None if mask is None else (mask.shape, mask.dtype, mask.device),
-               bool(causal), bool(want_lse), q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)
-    except (AttributeError, TypeError, IndexError, RuntimeError):
-        key = None
-    geo = _geometry.get(key) if key is not None else None
+               bool(causal), bool(want_lse), q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1,
+               needs_grad)
+        geo = _geometry.get(key)
+    except (AttributeError, TypeError, IndexError, RuntimeError):  # not tensors, unhashable arguments, ...
+        key = geo = None
+        needs_grad = False
     if geo is None:
         geo = _validate(q, k, v, heads, layout, out_layout, mask)
         if key is not None:
@@ -158,7 +162,7 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
             mask = mask[None, None]
         elif geo.mask_ndim == 3:
             mask = mask[:, None]
-    return AttentionCall(q, k, v, mask, scale, bool(causal), bool(want_lse), key, geo, default_scale)
+    return AttentionCall(q, k, v, mask, scale, bool(causal), bool(want_lse), key, geo, default_scale, needs_grad)
 
 
 def _check_scale(scale) -> float:

@@ -49,8 +49,13 @@ class Router:
         self.fallback = fallbacks[0]
         self.disabled = set(_env_list("ARCATTN_DISABLE") if disabled is None else disabled)
         self.disabled.discard(self.fallback.name)
-        prefer = os.environ.get("ARCATTN_BACKEND", "") if prefer is None else prefer
-        self.prefer = None if prefer.strip() in ("", "auto") else prefer.strip()  # "" / "auto": the router decides
+        from_env = prefer is None
+        prefer = (os.environ.get("ARCATTN_BACKEND", "") if from_env else prefer).strip()
+        if from_env and prefer not in ("", "auto") and prefer not in (b.name for b in self.backends):
+            log.warning("ARCATTN_BACKEND=%r names no backend (known: %s); ignored", prefer,
+                        ", ".join(b.name for b in self.backends))
+            prefer = ""
+        self.prefer = None if prefer in ("", "auto") else prefer  # "" / "auto": the router decides
         self.chooser = chooser
         self._decisions: dict = {}
         self._broken: set = set()
@@ -65,16 +70,15 @@ class Router:
                 return b
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(b.name for b in self.backends)}")
 
-    def names(self) -> list:
-        return [b.name for b in self.backends]
-
     # -- the hot path ---------------------------------------------------------------------------------------
     def run(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False):
         """Serve `call`. `prefer` names a backend to try first; `strict` raises instead of falling back."""
         dkey = (call.key, prefer, strict)
         d = self._decisions.get(dkey)
         if d is None:
-            d = self._decisions[dkey] = self.decide(call, prefer, strict)
+            d = self.decide(call, prefer, strict)
+            if call.key is not None:  # no signature, no reuse: such calls are decided one by one
+                self._decisions[dkey] = d
         d.calls += 1
         b = d.backend
         if strict or b is self.fallback:
@@ -88,20 +92,25 @@ class Router:
     def decide(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False) -> Decision:
         if prefer in (None, "", "auto"):
             prefer = self.prefer
+        passed_over = []
         if prefer:
             b = self.backend(prefer)
             why = b.unavailable_reason()
             reasons = [why] if why else b.unsupported_reasons(call)
-            if strict and reasons:
+            if b.name in self.disabled:
+                reasons.insert(0, "disabled by ARCATTN_DISABLE")
+            if (b.name, call.key) in self._broken:
+                reasons.append("marked broken after an error")
+            if not reasons:
+                return Decision(b, [], call.describe())
+            if strict:
                 raise BackendUnsupported(f"backend {prefer!r} cannot serve this call ({call.describe()}): "
                                          + "; ".join(reasons))
-            if not reasons and (b.name, call.key) not in self._broken:
-                return Decision(b, [], call.describe())
-            declined = [(b.name, "; ".join(reasons) or "marked broken")] if b is not self.fallback else []
-            return self._log_decision(Decision(self.fallback, declined, call.describe()))
+            # the preferred backend comes first, not alone: the rest of the order still applies
+            passed_over = [(b.name, "; ".join(reasons))]
         eligible, declined = [], []
         for b in self.backends:
-            if b.name in self.disabled or not b.available():
+            if b.name in self.disabled or not b.available() or (passed_over and b.name == passed_over[0][0]):
                 continue
             if (b.name, call.key) in self._broken:
                 declined.append((b.name, "marked broken after an error"))
@@ -123,7 +132,8 @@ class Router:
                     log.warning("measuring backends failed on %s (%s: %s); using priority order",
                                 call.describe(), type(e).__name__, e)
         ahead = {b.name for b in self.backends[:self.backends.index(choice)]}
-        return self._log_decision(Decision(choice, [(n, r) for n, r in declined if n in ahead], call.describe()))
+        declined = passed_over + [(n, r) for n, r in declined if n in ahead]
+        return self._log_decision(Decision(choice, declined, call.describe()))
 
     def _log_decision(self, d: Decision) -> Decision:
         if log.isEnabledFor(logging.DEBUG):
@@ -137,7 +147,8 @@ class Router:
         self._broken.add((name, call.key))
         self._failures[(name, what)] += 1
         d.calls -= 1  # the fallback served it, not this backend
-        self._retired.append(self._decisions.pop(dkey))
+        if self._decisions.get(dkey) is d:  # another thread may have retired it already
+            self._retired.append(self._decisions.pop(dkey))
         if (name, what) not in self._logged:
             self._logged.add((name, what))
             log.warning("backend %s failed on %s (%s); using %s for this shape from now on",

@@ -27,6 +27,7 @@ import torch
 
 from .call import AttentionCall, make_call
 from .env import synchronize, versions
+from .install_check import cache_dir
 
 log = logging.getLogger("arcattn")
 
@@ -39,15 +40,6 @@ def policy_from_env() -> str:
         return "priority"
     p = os.environ.get("ARCATTN_POLICY", "auto").strip().lower()
     return p if p in ("auto", "priority") else "auto"
-
-
-def cache_dir() -> str:
-    d = os.environ.get("ARCATTN_CACHE_DIR")
-    if d:
-        return d
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return os.path.join(os.environ["LOCALAPPDATA"], "arcattn")
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "arcattn")
 
 
 def bucket(n: int) -> str:
@@ -139,10 +131,12 @@ class MeasuredChooser:
     """A Router chooser: fastest eligible backend within tolerance of sdpa, measured once per bucket."""
 
     def __init__(self, directory: Optional[str] = None, *, reps: int = 5, batch: int = 10,
-                 measure_cpu: bool = False):
+                 measure_cpu: bool = False, timer: Optional[Callable] = None):
         self.directory = directory
         self.reps = reps
         self.batch = batch
+        # timer(backend, fn, device) -> microseconds per call; tests inject a deterministic one
+        self.timer = timer or (lambda backend, fn, device: time_us(fn, device, reps=self.reps, batch=self.batch))
         self.measure_cpu = measure_cpu  # tests only: on a real CPU setup there is nothing to choose
         self._caches: dict = {}
 
@@ -183,7 +177,7 @@ class MeasuredChooser:
                     if not math.isfinite(err) or err > tol:
                         rejected[b.name] = f"differs from sdpa by {err:.2e} (tolerance {tol:.0e})"
                         continue
-                times[b.name] = round(time_us(lambda: b.run(trial), call.device, reps=self.reps, batch=self.batch), 2)
+                times[b.name] = round(self.timer(b, lambda: b.run(trial), call.device), 2)
             except Exception as e:  # noqa: BLE001
                 rejected[b.name] = f"{type(e).__name__}: {e}"[:200]
         for name, why in rejected.items():

@@ -5,8 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -r requirements-dev.txt
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+# install only when the venv is new or what it installs changed (later runs need no network)
+stamp=$(cat requirements-dev.txt pyproject.toml | sha1sum | cut -c1-16)
+if [ "$(cat .venv/.arcattn-deps 2>/dev/null)" != "$stamp" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -r requirements-dev.txt
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+    echo "$stamp" > .venv/.arcattn-deps
+fi
 if [ -f extension/build.py ]; then
     .venv/bin/python extension/build.py --cpu-reference --quiet
 fi

@@ -182,3 +182,58 @@ def test_measured_losses_steer_priority_only(rng):
                               chooser=lambda call, eligible: chosen.append([b.name for b in eligible]) or eligible[0]))
     arcattn.attention(*qkv(rng, D=40), heads=2)  # the measured policy sees it as eligible and decides itself
     assert chosen == [["slowhere", "sdpa"]] and s.runs == 3
+
+
+def test_disabled_beats_preferred(rng, monkeypatch):
+    monkeypatch.setenv("ARCATTN_DISABLE", "picky")
+    monkeypatch.setenv("ARCATTN_BACKEND", "picky")
+    picky = Picky()
+    arcattn.set_router(Router([picky, SDPABackend()]))
+    arcattn.attention(*qkv(rng), heads=2)
+    assert picky.runs == 0
+    assert "disabled by ARCATTN_DISABLE" in next(iter(arcattn.telemetry()["picky"]["declined"]))
+    with pytest.raises(BackendUnsupported, match="disabled"):
+        arcattn.attention(*qkv(rng), heads=2, backend="picky")
+
+
+def test_preferred_backend_that_declines_leaves_the_rest_of_the_order(rng):
+    picky = Picky()
+    router = Router([Absent(), picky, SDPABackend()], disabled=(), prefer="absent")
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng, D=64), heads=2)
+    assert picky.runs == 1  # not straight to sdpa
+    assert router.telemetry()["absent"]["declined"] == {"no such device here": 1}
+
+
+def test_unknown_backend_in_environment_is_ignored_with_one_line(rng, monkeypatch, caplog):
+    monkeypatch.setenv("ARCATTN_BACKEND", "trtion")
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        arcattn.set_router(Router([Picky(), SDPABackend()]))
+        for _ in range(3):
+            arcattn.attention(*qkv(rng), heads=2)
+    assert len([r for r in caplog.records if "trtion" in r.getMessage()]) == 1
+    assert arcattn.telemetry()["picky"]["served"] == 3
+
+
+def test_backend_auto_in_the_api_keeps_the_fallback(rng):
+    arcattn.set_router(Router([Boom(), SDPABackend()], disabled=(), prefer=""))
+    q, k, v = qkv(rng)
+    out = arcattn.attention(q, k, v, heads=2, backend="auto")
+    assert torch.equal(out, SDPABackend().run(make_call(q, k, v, heads=2)))
+
+
+def test_inputs_that_need_gradients_go_to_a_backend_with_a_backward(rng):
+    picky = Picky()
+    arcattn.set_router(Router([picky, SDPABackend()], disabled=(), prefer=""))
+    q, k, v = (t.requires_grad_() for t in qkv(rng))
+    out = arcattn.attention(q, k, v, heads=2)
+    assert picky.runs == 0 and out.grad_fn is not None
+    out.square().sum().backward()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    from arcattn.reference import attention_reference
+    ref, _ = attention_reference(*(t.unflatten(-1, (2, 64)).transpose(1, 2) for t in (q64, k64, v64)))
+    ref.square().sum().backward()
+    assert torch.allclose(q.grad.double(), q64.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the same tensors in inference: the fast backend again
+        arcattn.attention(q, k, v, heads=2)
+    assert picky.runs == 1

@@ -2,7 +2,6 @@
 import json
 import logging
 import os
-import time
 
 import pytest
 import torch
@@ -15,27 +14,34 @@ from arcattn.tune import MeasuredChooser, TuneCache, bucket, bucket_key, policy_
 
 
 class Timed(Backend):
-    """Correct (serves through SDPA) but takes `delay` seconds; `wrong` makes its output wrong."""
+    """Correct (serves through SDPA) and declares what it costs, in microseconds per call, to the fake timer;
+    `wrong` makes its output wrong."""
 
-    def __init__(self, name, delay, wrong=False):
-        self.name, self.delay, self.wrong, self.runs = name, delay, wrong, 0
+    def __init__(self, name, cost_us, wrong=False):
+        self.name, self.cost_us, self.wrong, self.runs = name, cost_us, wrong, 0
 
     def run(self, call):
         self.runs += 1
-        time.sleep(self.delay)
         out = SDPABackend().run(call)
         return out * 1.5 if self.wrong else out
 
 
-class SlowSDPA(SDPABackend):
-    def run(self, call):
-        time.sleep(0.02)  # far above any scheduling noise on a busy 2-core machine
-        return super().run(call)
+COSTS = {"sdpa": 50.0}
+
+
+def declared_cost(backend, fn, device):
+    """The chooser's timer, made exact: run the backend once, report what it declares (sdpa: 50 us)."""
+    fn()
+    return getattr(backend, "cost_us", COSTS.get(backend.name))
+
+
+def chooser_for(tmp_path):
+    return MeasuredChooser(str(tmp_path), measure_cpu=True, timer=declared_cost)
 
 
 def make_router(tmp_path, *backends):
-    chooser = MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True)
-    router = Router([*backends, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
+    chooser = chooser_for(tmp_path)
+    router = Router([*backends, SDPABackend()], disabled=(), prefer="", chooser=chooser)
     arcattn.set_router(router)
     return router, chooser
 
@@ -45,9 +51,9 @@ def qkv(gen, S=64):
 
 
 def test_fastest_correct_backend_wins_and_is_cached(tmp_path, rng):
-    slow, fast, wrong = Timed("slow", 0.02), Timed("fast", 0.0), Timed("wrong", 0.0, wrong=True)
-    chooser = MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True)
-    router = Router([slow, wrong, fast, SlowSDPA()], disabled=(), prefer="", chooser=chooser)
+    slow, fast, wrong = Timed("slow", 90.0), Timed("fast", 10.0), Timed("wrong", 1.0, wrong=True)
+    chooser = chooser_for(tmp_path)
+    router = Router([slow, wrong, fast, SDPABackend()], disabled=(), prefer="", chooser=chooser)
     arcattn.set_router(router)
     arcattn.attention(*qkv(rng), heads=4)
     assert router.decisions()[0]["backend"] == "fast"
@@ -55,16 +61,16 @@ def test_fastest_correct_backend_wins_and_is_cached(tmp_path, rng):
     assert "differs from sdpa" in entry["rejected"]["wrong"]
     assert set(entry["times_us"]) == {"slow", "fast", "sdpa"}
     # a new process (new chooser) with the same setup reads the cache instead of measuring
-    slow2, fast2 = Timed("slow", 0.02), Timed("fast", 0.0)
-    router2 = Router([slow2, Timed("wrong", 0.0, wrong=True), fast2, SlowSDPA()], disabled=(), prefer="",
-                     chooser=MeasuredChooser(str(tmp_path), reps=3, batch=2, measure_cpu=True))
+    slow2, fast2 = Timed("slow", 90.0), Timed("fast", 10.0)
+    router2 = Router([slow2, Timed("wrong", 1.0, wrong=True), fast2, SDPABackend()], disabled=(), prefer="",
+                     chooser=chooser_for(tmp_path))
     arcattn.set_router(router2)
     arcattn.attention(*qkv(rng), heads=4)
     assert slow2.runs == 0 and fast2.runs == 1
 
 
 def test_nearby_length_shares_a_bucket_new_resolution_does_not_retune_everything(tmp_path, rng):
-    fast = Timed("fast", 0.0)
+    fast = Timed("fast", 10.0)
     router, chooser = make_router(tmp_path, fast)
     arcattn.attention(*qkv(rng, S=4096 // 16), heads=4)
     n = fast.runs
@@ -79,7 +85,7 @@ def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, 
     cache = TuneCache(torch.device("cpu"), str(tmp_path))
     with open(cache.path, "w") as f:
         f.write(content)
-    fast = Timed("fast", 0.0)
+    fast = Timed("fast", 10.0)
     with caplog.at_level(logging.WARNING, logger="arcattn"):
         make_router(tmp_path, fast)
         arcattn.attention(*qkv(rng), heads=4)
@@ -91,7 +97,7 @@ def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, 
 
 
 def test_cpu_keeps_priority_without_measuring(tmp_path, rng):
-    slow = Timed("slow", 0.0)
+    slow = Timed("slow", 90.0)
     router = Router([slow, SDPABackend()], disabled=(), prefer="", chooser=MeasuredChooser(str(tmp_path)))
     arcattn.set_router(router)
     arcattn.attention(*qkv(rng), heads=4)
@@ -114,7 +120,7 @@ def test_policy_switches(monkeypatch):
 def test_chooser_failure_falls_back_to_priority(rng, caplog):
     def broken(call, eligible):
         raise RuntimeError("out of memory while measuring")
-    fast = Timed("fast", 0.0)
+    fast = Timed("fast", 10.0)
     arcattn.set_router(Router([fast, SDPABackend()], disabled=(), prefer="", chooser=broken))
     with caplog.at_level(logging.WARNING, logger="arcattn"):
         arcattn.attention(*qkv(rng), heads=4)
@@ -134,3 +140,9 @@ def test_cache_of_an_older_format_is_not_trusted(tmp_path, rng, caplog):
     with caplog.at_level(logging.WARNING, logger="arcattn"):
         TuneCache(torch.device("cpu"), str(tmp_path))
     assert any("another setup or cache version" in r.getMessage() for r in caplog.records)
+
+
+def test_time_us_reports_microseconds_per_call():
+    import time
+    from arcattn.tune import time_us
+    assert time_us(lambda: time.sleep(0.001), torch.device("cpu"), warmup=0, reps=2, batch=2) >= 1000

@@ -32,6 +32,7 @@ class Backend:
     supports_causal: bool = False
     supports_lse: bool = False
     supports_dv_ne_d: bool = False  # value head dim different from query/key head dim
+    supports_grad: bool = False  # has a backward: may serve calls whose inputs need gradients (training)
 
     _unavailable: "Optional[str] | type" = ...  # ... = not probed yet
 
@@ -66,6 +67,8 @@ class Backend:
             reasons.append("causal not supported")
         if call.want_lse and not self.supports_lse:
             reasons.append("log-sum-exp output not supported")
+        if call.needs_grad and not self.supports_grad:
+            reasons.append("inputs require grad and this backend has no backward")
         reasons.extend(self.extra_reasons(call))
         return reasons
 
@@ -88,6 +91,7 @@ class Backend:
             "mask": self.supports_mask,
             "causal": self.supports_causal,
             "lse": self.supports_lse,
+            "grad": self.supports_grad,
         }
 
     def __repr__(self) -> str:

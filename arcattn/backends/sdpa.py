@@ -7,6 +7,7 @@ fused kernel costs little (each chunk is still large), so the rule is simply "th
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional
 
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 
 from ..call import AttentionCall
 from .base import Backend
+
+log = logging.getLogger("arcattn")
 
 DEFAULT_MAX_ALLOC = 1 << 30  # well under Arc's 4 GB: the math path holds scores and their softmax at once
 
@@ -26,12 +29,11 @@ class SDPABackend(Backend):
     device_types = ("cpu", "cuda", "xpu", "mps")
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     max_head_dim = 1 << 30
-    supports_mask = supports_causal = supports_lse = supports_dv_ne_d = True
+    supports_mask = supports_causal = supports_lse = supports_dv_ne_d = supports_grad = True
 
     def __init__(self, max_alloc_bytes: Optional[int] = None, chunk_devices: tuple = ("xpu",)):
-        env = os.environ.get("ARCATTN_SDPA_MAX_ALLOC_MB")
         if max_alloc_bytes is None:
-            max_alloc_bytes = int(float(env) * (1 << 20)) if env else DEFAULT_MAX_ALLOC
+            max_alloc_bytes = _budget_from_env()
         self.max_alloc_bytes = max(1, int(max_alloc_bytes))
         self.chunk_devices = tuple(chunk_devices)
 
@@ -94,6 +96,21 @@ class SDPABackend(Backend):
             out4[:, :, i:j] = (torch.exp(s - l[..., None]) @ vf).to(call.dtype)
             lse[:, :, i:j] = l
         return out, lse
+
+
+def _budget_from_env() -> int:
+    env = os.environ.get("ARCATTN_SDPA_MAX_ALLOC_MB", "").strip()
+    if not env:
+        return DEFAULT_MAX_ALLOC
+    try:
+        mb = float(env)
+        if not mb > 0:
+            raise ValueError("not positive")
+        return int(mb * (1 << 20))
+    except ValueError:
+        log.warning("ARCATTN_SDPA_MAX_ALLOC_MB=%r is not a positive number of MB; using %d MB", env,
+                    DEFAULT_MAX_ALLOC >> 20)
+        return DEFAULT_MAX_ALLOC
 
 
 def _propagate_query_nan(q4, o):

@@ -24,7 +24,10 @@ from .base import Backend
 log = logging.getLogger("arcattn")
 
 # The interpreter is a test tool: it declines anything bigger than this many multiply-adds (B*H*Sq*Sk*D).
-INTERPRETER_MAX_WORK = int(os.environ.get("ARCATTN_TRITON_INTERPRET_MAX", 1 << 25))
+try:
+    INTERPRETER_MAX_WORK = int(os.environ.get("ARCATTN_TRITON_INTERPRET_MAX", 1 << 25))
+except ValueError:
+    INTERPRETER_MAX_WORK = 1 << 25
 MAX_GRID_BH = 65535  # batch x heads sits on grid axis 1
 
 
