@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .dispatch import one_line
 from .env import synchronize
 
 DEFAULT_SHAPES = Path(__file__).resolve().parent.parent / "bench" / "shapes.json"
@@ -122,7 +123,6 @@ class Method:
 
 def methods_for(device: torch.device, H: int, wanted: Optional[set], sample_call) -> list:
     import arcattn
-    from arcattn.backends import create_backends
     from arcattn.call import make_call
     from arcattn.dispatch import Router
 
@@ -135,7 +135,7 @@ def methods_for(device: torch.device, H: int, wanted: Optional[set], sample_call
         fn = lambda q, k, v, name=name: arcattn.attention(q, k, v, heads=H, backend=name)  # noqa: E731
         out.append(Method(name, None if why else fn, why or None))
     out.append(Method("auto", lambda q, k, v: arcattn.attention(q, k, v, heads=H)))
-    prio = Router(create_backends(), chooser=None)
+    prio = Router(router.backends, disabled=router.disabled, prefer="", chooser=None)  # no re-probing per case
     out.append(Method("priority", lambda q, k, v: prio.run(make_call(q, k, v, heads=H))))
     out.append(Method("torch", lambda q, k, v: host_sdpa(q, k, v, H)))
     if device.type == "cuda":
@@ -187,7 +187,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
                 fn = (lambda i, m=m: m.fn(*sets[i % n_sets]))
                 timed.append((row, m, fn, calibrate(fn, device)))
         except Exception as e:  # noqa: BLE001 - a torch kernel that cannot serve the shape, an OOM, ...
-            row["status"] = f"n/a: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            row["status"] = f"n/a: {one_line(e, 160)}"
     # Interleaved rounds (each method once per round), so that host noise and clock drift fall on all methods
     # alike; the median over rounds is reported. Python's GC stays off while timing.
     samples = {id(row): [] for row, *_ in timed}

@@ -35,6 +35,12 @@ class Decision:
         self.describe = describe
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line ("Type: first line of the message"), for logs, telemetry and reasons."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
+
+
 def _env_list(name: str) -> set:
     return {s.strip() for s in os.environ.get(name, "").split(",") if s.strip()}
 
@@ -143,7 +149,7 @@ class Router:
 
     def _failed(self, dkey, d: Decision, call: AttentionCall, e: Exception):
         name = d.backend.name
-        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        what = one_line(e)
         self._broken.add((name, call.key))
         self._failures[(name, what)] += 1
         d.calls -= 1  # the fallback served it, not this backend

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from .call import AttentionCall, make_call
+from .dispatch import one_line
 from .env import synchronize, versions
 from .install_check import cache_dir
 
@@ -179,7 +180,7 @@ class MeasuredChooser:
                         continue
                 times[b.name] = round(self.timer(b, lambda: b.run(trial), call.device), 2)
             except Exception as e:  # noqa: BLE001
-                rejected[b.name] = f"{type(e).__name__}: {e}"[:200]
+                rejected[b.name] = one_line(e, 200)
         for name, why in rejected.items():
             log.warning("tuning %s: %s rejected (%s)", call.describe(), name, why)
         best = min(times, key=times.get) if times else eligible[0].name

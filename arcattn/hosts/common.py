@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from ..api import get_router
 from ..call import make_call
+from ..dispatch import one_line
 
 log = logging.getLogger("arcattn")
 
@@ -49,7 +50,7 @@ class HostAttention:
             return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
 
     def _fallback(self, e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs):
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        reason = one_line(e)
         if reason not in self.fallbacks:
             log.warning("%s attention: arcattn could not serve a call (%s); the host's %s serves it",
                         self.host, reason, getattr(self.original, "__name__", "original"))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..api import get_router
 from ..call import make_call
-from ..dispatch import Router
+from ..dispatch import Router, one_line
 
 log = logging.getLogger("arcattn")
 
@@ -86,7 +86,7 @@ class ArcAttnProcessor:
             call = make_call(q, k, v, heads=heads, layout=layout, out_layout="bsd", mask=mask, scale=scale)
             return (self.router or get_router()).run(call, prefer=self.backend)
         except Exception as e:  # noqa: BLE001 - a generation is never lost because of arcattn
-            what = f"{type(e).__name__}: {e}"
+            what = one_line(e)
             if what not in self._warned:
                 self._warned.add(what)
                 log.warning("diffusers attention: arcattn could not serve a call (%s); using torch SDPA", what)
