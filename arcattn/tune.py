@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Callable, Optional
