@@ -54,6 +54,7 @@ class DeviceInfo:
     family: str          # "sm90", "cuda", "xpu", "interpreter"
     units: int           # programs that run at once, roughly: SMs on CUDA, Xe-cores on XPU
     use_descriptors: bool  # load tiles through tensor descriptors (XPU 2-D block loads)
+    capability: int = 0    # CUDA compute capability as 10 * major + minor (0 elsewhere)
 
 
 # (max padded head dim, config) per family, first match wins. The padded head dim is D0 + D1 of the kernel's
@@ -138,6 +139,28 @@ def irregular_tail(info: "DeviceInfo") -> bool:
 MIN_STAGES = {"sm90": 2, "cuda": 1, "xpu": 1, "interpreter": 1}
 
 
+# Softmax exponentials in the input's 16-bit type (two per special-function instruction, PTX ex2.approx.f16x2 /
+# ex2.approx.ftz.bf16x2) instead of fp32. At small head dims the exp unit, not the tensor cores, bounds the
+# kernel (bench/NOTES_triton.md). CUDA only: fp16 from sm_75, bf16 from sm_90.
+EXP16_MIN_CAPABILITY = {torch.float16: 75, torch.bfloat16: 90}
+
+
+def exp16(info: "DeviceInfo", dtype: torch.dtype) -> bool:
+    env = os.environ.get("ARCATTN_TRITON_EXP16")  # experiments: 0 turns it off
+    if env == "0" or info.family not in ("sm90", "cuda"):
+        return False
+    need = EXP16_MIN_CAPABILITY.get(dtype)
+    return need is not None and info.capability >= need
+
+
+def scores_ahead(info: "DeviceInfo") -> bool:
+    """Compute the next key block's scores before this block's softmax (the kernel's AHEAD)."""
+    env = os.environ.get("ARCATTN_TRITON_AHEAD")  # experiments: 0 / 1 override
+    if env in ("0", "1"):
+        return env == "1"
+    return info.family == "interpreter"
+
+
 @functools.lru_cache(maxsize=None)
 def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
     if interpreted:
@@ -145,7 +168,7 @@ def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
     if device_type == "cuda":
         props = torch.cuda.get_device_properties(index)
         family = "sm90" if (props.major, props.minor) == (9, 0) else "cuda"
-        return DeviceInfo(family, int(props.multi_processor_count), False)
+        return DeviceInfo(family, int(props.multi_processor_count), False, 10 * props.major + props.minor)
     if device_type == "xpu":
         props = torch.xpu.get_device_properties(index)
         units = int(getattr(props, "gpu_subslice_count", 0) or 0) or max(1, int(getattr(props, "gpu_eu_count", 160)) // 8)

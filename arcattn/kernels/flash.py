@@ -67,6 +67,20 @@ def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _exp2_half(x):
+    """2**x for fp16 or bf16 x, two lanes per instruction (PTX ex2.approx.{f16x2, ftz.bf16x2}): half the
+    special-function-unit work of an fp32 exp2 per score, and the result is already the dtype of the P @ V
+    product. CUDA only (sm_75+ for fp16, sm_90+ for bf16)."""
+    if x.dtype == tl.float16:
+        y = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                      is_pure=True, pack=2)
+    else:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
+                                      is_pure=True, pack=2)
+    return y
+
+
+@triton.jit
 def _load(base, desc, r0, nrows, s_row, s_col, R: tl.constexpr, C: tl.constexpr, C0: tl.constexpr,
           D: tl.constexpr, CHECK_ROWS: tl.constexpr, USE_DESC: tl.constexpr):
     """Rows r0..r0+R, head-dim columns C0..C0+C of one (batch, head) matrix; rows >= nrows and columns >= D
@@ -110,50 +124,93 @@ def _store(base, desc, x, r0, nrows, s_row, s_col, R: tl.constexpr, C: tl.conste
 
 
 @triton.jit
+def _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd,
+            D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+            USE_DESC: tl.constexpr):
+    """q k^T for keys n0..n0+BLOCK_N (unscaled, fp32); MASKED: keys >= Sk read as zero."""
+    k0 = _load(k_base, k0d, n0, Sk, s_ks, s_kd, BLOCK_N, D0, 0, D, MASKED, USE_DESC)
+    qk = _mma(q0, tl.trans(k0), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE, UPCAST)
+    if D1 > 0:
+        k1 = _load(k_base, k1d, n0, Sk, s_ks, s_kd, BLOCK_N, D1, C1, D, MASKED, USE_DESC)
+        qk = _mma(q1, tl.trans(k1), qk, IEEE, UPCAST)
+    return qk
+
+
+@triton.jit
+def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, qk_scale,
+          D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+          MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
+          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, EXP16: tl.constexpr):
+    """Fold the scores qk of keys n0..n0+BLOCK_N into the running state. m_i is the running row maximum of
+    the scaled scores in base 2, l_i the row sum of exp2(score - m_i)."""
+    if SCALE_FIRST:  # scale <= 0: scale before masking, so masked scores stay -inf
+        qk = qk * qk_scale
+    if MASKED:
+        keys = n0 + tl.arange(0, BLOCK_N)
+        keep = keys[None, :] < Sk
+        if CAUSAL:
+            keep = keep & (keys[None, :] <= (row0 + tl.arange(0, BLOCK_M))[:, None])
+        qk = tl.where(keep, qk, float("-inf"))
+    if SCALE_FIRST:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+    else:  # scale > 0: max(qk) * scale == max(qk * scale), and the scaling fuses into one FMA below
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    m_use = m_new
+    if EMPTY_ROWS:  # a row that has seen only masked keys so far keeps max -inf: avoid -inf - -inf
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if SCALE_FIRST:
+        x = qk - m_use[:, None]
+    else:
+        x = qk * qk_scale - m_use[:, None]
+    alpha = tl.math.exp2(m_i - m_use)
+    v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, D0, 0, D, MASKED, USE_DESC)
+    if EXP16:  # exp in the input's 16-bit type
+        p = _exp2_half(x.to(v0.dtype))
+        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    else:
+        p = tl.math.exp2(x)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(v0.dtype)
+    acc0 = _mma(p, v0, acc0 * alpha[:, None], IEEE, UPCAST)
+    if D1 > 0:
+        v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, D1, C1, D, MASKED, USE_DESC)
+        acc1 = _mma(p, v1, acc1 * alpha[:, None], IEEE, UPCAST)
+    return acc0, acc1, m_new, l_i
+
+
+@triton.jit
 def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d, lo, hi, row0, Sk,
                s_ks, s_kd, s_vs, s_vd, qk_scale,
                D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, EXP16: tl.constexpr,
+               AHEAD: tl.constexpr):
     """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state.
-    m_i is the running row maximum of the scaled scores in base 2, l_i the row sum of exp2(score - m_i)."""
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    for n0 in range(lo, hi, BLOCK_N):
-        k0 = _load(k_base, k0d, n0, Sk, s_ks, s_kd, BLOCK_N, D0, 0, D, MASKED, USE_DESC)
-        qk = _mma(q0, tl.trans(k0), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE, UPCAST)
-        if D1 > 0:
-            k1 = _load(k_base, k1d, n0, Sk, s_ks, s_kd, BLOCK_N, D1, C1, D, MASKED, USE_DESC)
-            qk = _mma(q1, tl.trans(k1), qk, IEEE, UPCAST)
-        if SCALE_FIRST:  # scale <= 0: scale before masking, so masked scores stay -inf
-            qk = qk * qk_scale
-        if MASKED:
-            keys = n0 + offs_n
-            keep = keys[None, :] < Sk
-            if CAUSAL:
-                keep = keep & (keys[None, :] <= offs_m[:, None])
-            qk = tl.where(keep, qk, float("-inf"))
-        if SCALE_FIRST:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-        else:  # scale > 0: max(qk) * scale == max(qk * scale), and the scaling fuses into one FMA below
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_use = m_new
-        if EMPTY_ROWS:  # a row that has seen only masked keys so far keeps max -inf: avoid -inf - -inf
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if SCALE_FIRST:
-            p = tl.math.exp2(qk - m_use[:, None])
-        else:
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(k0.dtype)
-        v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, D0, 0, D, MASKED, USE_DESC)
-        acc0 = _mma(p, v0, acc0 * alpha[:, None], IEEE, UPCAST)
-        if D1 > 0:
-            v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, D1, C1, D, MASKED, USE_DESC)
-            acc1 = _mma(p, v1, acc1 * alpha[:, None], IEEE, UPCAST)
-        m_i = m_new
+    AHEAD (whole blocks only): the scores of the next block are computed before this block's softmax, so that
+    on Hopper the tensor cores work on them (an asynchronous wgmma) while the softmax runs; the last step
+    computes one block's scores that nobody uses (at a clamped, valid address) instead of branching."""
+    if AHEAD:
+        # the first block is loaded with a row mask: when lo == hi it may lie past Sk, and the loop is empty
+        qk = _scores(q0, q1, k_base, k0d, k1d, lo, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, True,
+                     IEEE, UPCAST, USE_DESC)
+        last = tl.maximum(hi - BLOCK_N, lo)
+        for n0 in range(lo, hi, BLOCK_N):
+            qk_next = _scores(q0, q1, k_base, k0d, k1d, tl.minimum(n0 + BLOCK_N, last), Sk, s_ks, s_kd,
+                              D, D0, D1, C1, BLOCK_M, BLOCK_N, False, IEEE, UPCAST, USE_DESC)
+            acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
+                                         qk_scale, D, D0, D1, C1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
+                                         EMPTY_ROWS, IEEE, UPCAST, USE_DESC, EXP16)
+            qk = qk_next
+    else:
+        for n0 in range(lo, hi, BLOCK_N):
+            qk = _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED,
+                         IEEE, UPCAST, USE_DESC)
+            acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
+                                         qk_scale, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED, CAUSAL, SCALE_FIRST,
+                                         EMPTY_ROWS, IEEE, UPCAST, USE_DESC, EXP16)
     return acc0, acc1, m_i, l_i
 
 
@@ -163,7 +220,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr, EXP16: tl.constexpr, AHEAD: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -226,11 +283,11 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       lo, mid, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST, SPLITS > 1,
-                                      IEEE, UPCAST, USE_DESC)
+                                      IEEE, UPCAST, USE_DESC, EXP16, AHEAD)
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       mid, hi, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST, SPLITS > 1,
-                                      IEEE, UPCAST, USE_DESC)
+                                      IEEE, UPCAST, USE_DESC, EXP16, False)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
@@ -347,6 +404,7 @@ class Plan:
         common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal),
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
                       UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
+                      EXP16=configs.exp16(info, dtype), AHEAD=configs.scores_ahead(info),
                       **({} if interp else config.options()))
         # unaligned strides: AL = 1
         self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), AL=1)
@@ -449,7 +507,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS", "SCALE_FIRST", "IEEE",
-           "UPCAST", "USE_DESC", "AL")
+           "UPCAST", "USE_DESC", "AL", "EXP16", "AHEAD")
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 

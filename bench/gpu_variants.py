@@ -1,0 +1,220 @@
+"""One GPU visit: kernel variants of the Triton flash kernel side by side with torch's SDPA kernels, per shape.
+
+    PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
+
+For the shapes where the kernel trails cuDNN (bench/NOTES_triton.md) and a few it already wins, and for each
+tile configuration x kernel variant (AHEAD: the next key block's scores computed before this block's softmax;
+EXP16: the softmax's exp2 in the input's 16-bit type), this prints and saves (variants.json under $OUT):
+- the relative error against a float64 reference on fresh random inputs, output poisoned with NaN first
+  (fp16, and bf16 for the EXP16 variants), and
+- kernel time per call from CUDA-graph replays, in two interleaved rounds, next to torch SDPA's default choice,
+  cuDNN and flash, all on the caller's (B, S, H*D) tensors viewed as (B, H, S, D).
+Kernels are compiled first by a pool of worker processes (Triton's on-disk cache); every shape then runs in its
+own child process, so a variant that faults cannot take the others with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = Path(os.environ.get("OUT") or "/tmp/arcattn_out")
+OUT.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("TRITON_CACHE_DIR", "/tmp/triton_cache")
+
+import torch  # noqa: E402
+
+SHAPES = {s["name"]: s for s in json.load(open(ROOT / "bench" / "shapes.json"))["shapes"]}
+DEV = os.environ.get("GPU_SCRIPT_DEVICE", "cuda")  # "cpu" (TRITON_INTERPRET=1, tiny shapes): dry runs only
+if DEV == "cpu":
+    SHAPES = {n: dict(s, Sq=min(s["Sq"], 40), Sk=min(s["Sk"], 72)) for n, s in SHAPES.items()}
+C40 = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3)]
+C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3)]
+CASES = [  # (shape, batches, tile configurations)
+    ("sd15-512 in1 self", (1, 2), C40),
+    ("sdxl-1024 in2 self", (1, 2), C64),
+    ("sd21-512 in1 self", (1,), C64[:2]),
+    ("sd15-1024 in1 self", (1,), C40[:2]),
+    ("sd15-512 in2 self", (1, 2), [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]),
+    ("sd15-512 in3 self", (1,), [(64, 64, 4, 3)]),
+]
+VARIANTS = [dict(AHEAD=a, EXP16=e) for a in (0, 1) for e in (0, 1)]
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+def inputs(s, B, dtype, seed):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    HD = s["H"] * s["D"]
+    mk = lambda S: torch.randn(B, S, HD, device=DEV, generator=g).to(dtype)  # noqa: E731
+    return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
+
+
+def plan_for(s, B, dtype, cfg, var):
+    from arcattn.kernels import configs, flash
+    os.environ["ARCATTN_TRITON_AHEAD"] = str(var["AHEAD"])
+    os.environ["ARCATTN_TRITON_EXP16"] = str(var["EXP16"])
+    return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
+                      want_lse=False, config=configs.TileConfig(*cfg), splits=1)
+
+
+def runner(s, B, dtype, cfg, var, seed=0):
+    """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
+    from arcattn.kernels import flash
+    from arcattn.call import make_call
+    plan = plan_for(s, B, dtype, cfg, var)
+    q, k, v = inputs(s, B, dtype, seed)
+    call = make_call(q, k, v, heads=s["H"])
+    out, out4 = call.empty_out()
+    st = (call.strides4(q), call.strides4(k), call.strides4(v), tuple(out4.stride()))
+    fn = lambda: flash.launch(plan, q, k, v, out, None, *st, call.scale, s["H"], s["Sq"], s["Sk"])  # noqa: E731
+    return fn, q, k, v, out, call
+
+
+def compile_one(job):
+    name, B, dt, cfg, var = job
+    try:
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, var)[0]
+        fn()
+        sync()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{name} {cfg} {var}: {type(e).__name__}: {str(e)[:160]}"
+
+
+def reference(call):
+    """float64 attention in the caller's layout, a few query rows of one (batch, head) at a time."""
+    from arcattn.reference import attention_reference
+    q4, k4, v4 = call.q4, call.k4, call.v4
+    B, H = q4.shape[:2]
+    ref = torch.empty(q4.shape[:3] + (v4.shape[3],), dtype=torch.float64, device=DEV)
+    rows = max(1, (1 << 28) // (k4.shape[2] * 8))
+    for b in range(B):
+        for h in range(H):
+            for i in range(0, q4.shape[2], rows):
+                ref[b, h, i:i + rows] = attention_reference(q4[b:b + 1, h:h + 1, i:i + rows], k4[b:b + 1, h:h + 1],
+                                                            v4[b:b + 1, h:h + 1], scale=call.scale)[0][0, 0]
+    return call.to_caller(ref)
+
+
+def sdpa_fns(s, B):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    q, k, v = inputs(s, B, torch.float16, 1)
+    H, D = s["H"], s["D"]
+    v4 = lambda x: x.view(B, -1, H, D).transpose(1, 2)  # noqa: E731
+    qh, kh, vh = v4(q), v4(k), v4(v)
+
+    def make(backend):
+        def fn():
+            if backend is None:
+                return F.scaled_dot_product_attention(qh, kh, vh)
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(qh, kh, vh)
+        return fn
+    return {"sdpa default": make(None), "sdpa cudnn": make(SDPBackend.CUDNN_ATTENTION),
+            "sdpa flash": make(SDPBackend.FLASH_ATTENTION)}
+
+
+def shape_main(name):
+    from arcattn.bench import graph_us
+    s = SHAPES[name]
+    batches, cfgs = next((b, c) for n, b, c in CASES if n == name)
+    from arcattn.reference import rel_error
+    rows, refs = [], {}
+    for B in batches:
+        fns = {}
+        for label, fn in sdpa_fns(s, B).items():
+            fns[label] = fn
+        for cfg in cfgs:
+            for var in VARIANTS:
+                label = f"{cfg} A{var['AHEAD']} E{var['EXP16']}"
+                row = dict(shape=name, B=B, cfg=cfg, **var)
+                try:
+                    for dtype in ((torch.float16, torch.bfloat16) if var["EXP16"] and cfg == cfgs[0]
+                                  else (torch.float16,)):
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, var, seed=7)
+                        out.fill_(float("nan"))
+                        fn()
+                        sync()
+                        if (B, dtype) not in refs:  # same seed, same inputs: one reference per batch/dtype
+                            refs[(B, dtype)] = reference(call)
+                        err = rel_error(out, refs[(B, dtype)])
+                        row["err_" + str(dtype)[6:]] = err
+                        if not err < TOL[dtype]:
+                            row["wrong"] = True
+                    if not row.get("wrong"):
+                        fns[label] = runner(s, B, torch.float16, cfg, var)[0]
+                except Exception as e:  # noqa: BLE001
+                    row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                rows.append(row)
+        times = {label: [] for label in fns}
+        for _ in range(2):  # interleaved rounds
+            for label, fn in fns.items():
+                times[label].append(graph_us(fn, torch.device(DEV)) if DEV == "cuda" else 1.0)
+        best = {label: min(t for t in ts if t is not None) for label, ts in times.items() if any(ts)}
+        cudnn = best.get("sdpa cudnn") or best.get("sdpa default")
+        for label in ("sdpa default", "sdpa cudnn", "sdpa flash"):
+            if label in best:
+                rows.append(dict(shape=name, B=B, method=label, us=best[label]))
+                log(f"{name} B={B} {label}: {best[label]:.1f} us")
+        for row in rows:
+            if row.get("B") != B or "cfg" not in row:
+                continue
+            label = f"{tuple(row['cfg'])} A{row['AHEAD']} E{row['EXP16']}"
+            if label in best:
+                row["us"] = best[label]
+                row["rounds"] = times[label]
+                row["vs_cudnn"] = cudnn / best[label]
+            log(f"{name} B={B} {label}: " + (f"{row['us']:.1f} us  x{row['vs_cudnn']:.2f} of cuDNN" if "us" in row
+                                            else "") + "".join(f"  {k}={row[k]:.1e}" for k in row if k.startswith("err_"))
+                + (f"  WRONG" if row.get("wrong") else "") + (f"  {row['error']}" if "error" in row else ""))
+    json.dump(rows, open(OUT / f"v_{name.replace(' ', '_')}.json", "w"), indent=1, default=str)
+
+
+def main():
+    t0 = time.time()
+    from arcattn import env
+    log(env.describe() if hasattr(env, "describe") else torch.__version__)
+    jobs = [(n, b[0], "float16", c, v) for n, b, cs in CASES for c in cs for v in VARIANTS]
+    jobs += [(n, b[0], "bfloat16", cs[0], v) for n, b, cs in CASES for v in VARIANTS if v["EXP16"]]
+    with ProcessPoolExecutor(8 if DEV == "cuda" else 2) as ex:
+        for r in ex.map(compile_one, jobs):
+            if r:
+                log("compile:", r)
+    log(f"compiled {len(jobs)} kernels in {time.time() - t0:.0f} s")
+    allrows = []
+    for name, _, _ in CASES:
+        p = subprocess.run([sys.executable, __file__, "--shape", name], timeout=240)
+        if p.returncode:
+            log(f"{name}: child exited {p.returncode}")
+        f = OUT / f"v_{name.replace(' ', '_')}.json"
+        if f.exists():
+            allrows += json.load(open(f))
+            f.unlink()
+    json.dump(allrows, open(OUT / "variants.json", "w"), indent=1)
+    log(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--shape":
+        shape_main(sys.argv[2])
+    else:
+        import multiprocessing
+        multiprocessing.set_start_method("spawn")
+        main()
