@@ -2,11 +2,11 @@
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
 
-For the shapes where the kernel trails cuDNN (bench/NOTES_triton.md) and a few it already wins, and for each
-tile configuration x kernel variant (AHEAD: the next key block's scores computed before this block's softmax;
-EXP16: the softmax's exp2 in the input's 16-bit type), this prints and saves (variants.json under $OUT):
+For the large shapes, where the kernel trails or matches cuDNN (bench/NOTES_triton.md), and D = 80, and for each
+tile configuration x head split (q/k and v/out: the default split, one padded part, or a split q/k with a padded
+v), and the plan's own choice ("default", from configs.TUNED / the heuristic), this prints and saves (variants.json under $OUT):
 - the relative error against a float64 reference on fresh random inputs, output poisoned with NaN first
-  (fp16, and bf16 for the EXP16 variants), and
+  (fp16; bf16 too for the default plan), and
 - kernel time per call from CUDA-graph replays, in two interleaved rounds, next to torch SDPA's default choice,
   cuDNN and flash, all on the caller's (B, S, H*D) tensors viewed as (B, H, S, D).
 Kernels are compiled first by a pool of worker processes (Triton's on-disk cache); every shape then runs in its
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,17 +34,18 @@ SHAPES = {s["name"]: s for s in json.load(open(ROOT / "bench" / "shapes.json"))[
 DEV = os.environ.get("GPU_SCRIPT_DEVICE", "cuda")  # "cpu" (TRITON_INTERPRET=1, tiny shapes): dry runs only
 if DEV == "cpu":
     SHAPES = {n: dict(s, Sq=min(s["Sq"], 40), Sk=min(s["Sk"], 72)) for n, s in SHAPES.items()}
-C40 = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3)]
-C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3)]
-CASES = [  # (shape, batches, tile configurations)
-    ("sd15-512 in1 self", (1, 2), C40),
-    ("sdxl-1024 in2 self", (1, 2), C64),
-    ("sd21-512 in1 self", (1,), C64[:2]),
-    ("sd15-1024 in1 self", (1,), C40[:2]),
-    ("sd15-512 in2 self", (1, 2), [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]),
-    ("sd15-512 in3 self", (1,), [(64, 64, 4, 3)]),
+HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm90 default since visit 11)
+CASES = [  # (shape, batches, [(tile configuration or None for the plan's own choice, head spec), ...])
+    ("sd15-512 in1 self", (1, 2), [(None, None), ((128, 64, 8, 3), (32, 16)), ((128, 64, 8, 3), HYB40),
+                                   ((256, 64, 16, 3), HYB40), ((256, 64, 16, 2), HYB40), ((128, 64, 8, 2), HYB40)]),
+    ("sdxl-1024 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None),
+                                    ((256, 64, 16, 3), None), ((256, 64, 16, 2), None)]),
+    ("sd21-512 in1 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
+    ("sdxl-1024 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
+    ("sd15-1024 in1 self", (1,), [(None, None), ((256, 64, 16, 3), HYB40)]),
+    ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 128, 4, 3), HYB80), ((128, 64, 8, 3), HYB80),
+                                   ((256, 64, 16, 2), HYB80)]),
 ]
-VARIANTS = [dict(AHEAD=a, EXP16=e) for a in (0, 1) for e in (0, 1)]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
@@ -65,36 +65,37 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def plan_for(s, B, dtype, cfg, var):
+def plan_for(s, B, dtype, cfg, head):
     from arcattn.kernels import configs, flash
-    os.environ["ARCATTN_TRITON_AHEAD"] = str(var["AHEAD"])
-    os.environ["ARCATTN_TRITON_EXP16"] = str(var["EXP16"])
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
-                      want_lse=False, config=configs.TileConfig(*cfg), splits=1)
+                      want_lse=False, config=configs.TileConfig(*cfg) if cfg else None, splits=1 if cfg else None,
+                      head=head)
 
 
-def runner(s, B, dtype, cfg, var, seed=0):
+def runner(s, B, dtype, cfg, head, seed=0):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, var)
+    plan = plan_for(s, B, dtype, cfg, head)
     q, k, v = inputs(s, B, dtype, seed)
     call = make_call(q, k, v, heads=s["H"])
     out, out4 = call.empty_out()
     st = (call.strides4(q), call.strides4(k), call.strides4(v), tuple(out4.stride()))
-    fn = lambda: flash.launch(plan, q, k, v, out, None, *st, call.scale, s["H"], s["Sq"], s["Sk"])  # noqa: E731
+    def fn():
+        flash.launch(plan, q, k, v, out, None, *st, call.scale, s["H"], s["Sq"], s["Sk"])
+    fn.plan = plan
     return fn, q, k, v, out, call
 
 
 def compile_one(job):
-    name, B, dt, cfg, var = job
+    name, B, dt, cfg, head = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, var)[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head)[0]
         fn()
         sync()
         return None
     except Exception as e:  # noqa: BLE001
-        return f"{name} {cfg} {var}: {type(e).__name__}: {str(e)[:160]}"
+        return f"{name} {cfg} {head}: {type(e).__name__}: {str(e)[:160]}"
 
 
 def reference(call):
@@ -131,35 +132,40 @@ def sdpa_fns(s, B):
             "sdpa flash": make(SDPBackend.FLASH_ATTENTION)}
 
 
+def cfg_is_default(row):
+    return row.get("cfg") is None and "plan" in row
+
+
 def shape_main(name):
     from arcattn.bench import graph_us
     s = SHAPES[name]
-    batches, cfgs = next((b, c) for n, b, c in CASES if n == name)
+    batches, variants = next((b, v) for n, b, v in CASES if n == name)
     from arcattn.reference import rel_error
     rows, refs = [], {}
     for B in batches:
         fns = {}
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
-        for cfg in cfgs:
-            for var in VARIANTS:
-                label = f"{cfg} A{var['AHEAD']} E{var['EXP16']}"
-                row = dict(shape=name, B=B, cfg=cfg, **var)
+        for cfg, head in variants:
+                label = f"{cfg} head={head or 'split'}" if cfg else "default"
+                row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
-                    for dtype in ((torch.float16, torch.bfloat16) if var["EXP16"] and cfg == cfgs[0]
-                                  else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, var, seed=7)
+                    for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7)
                         out.fill_(float("nan"))
                         fn()
                         sync()
                         if (B, dtype) not in refs:  # same seed, same inputs: one reference per batch/dtype
                             refs[(B, dtype)] = reference(call)
                         err = rel_error(out, refs[(B, dtype)])
+                        row["plan"] = fn.plan.describe()
+                        for ck, _ in (fn.plan.fast or {}).values():  # registers and spills of the compiled kernel
+                            row["regs"], row["spills"] = getattr(ck, "n_regs", None), getattr(ck, "n_spills", None)
                         row["err_" + str(dtype)[6:]] = err
                         if not err < TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, var)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)
@@ -176,14 +182,16 @@ def shape_main(name):
         for row in rows:
             if row.get("B") != B or "cfg" not in row:
                 continue
-            label = f"{tuple(row['cfg'])} A{row['AHEAD']} E{row['EXP16']}"
+            label = row["label"]
             if label in best:
                 row["us"] = best[label]
                 row["rounds"] = times[label]
                 row["vs_cudnn"] = cudnn / best[label]
             log(f"{name} B={B} {label}: " + (f"{row['us']:.1f} us  x{row['vs_cudnn']:.2f} of cuDNN" if "us" in row
                                             else "") + "".join(f"  {k}={row[k]:.1e}" for k in row if k.startswith("err_"))
-                + (f"  WRONG" if row.get("wrong") else "") + (f"  {row['error']}" if "error" in row else ""))
+                + (f"  [{row['plan']}]" if cfg_is_default(row) else "")
+                + (f"  regs={row.get('regs')} spills={row.get('spills')}" if "regs" in row else "")
+                + ("  WRONG" if row.get("wrong") else "") + (f"  {row['error']}" if "error" in row else ""))
     json.dump(rows, open(OUT / f"v_{name.replace(' ', '_')}.json", "w"), indent=1, default=str)
 
 
@@ -191,8 +199,9 @@ def main():
     t0 = time.time()
     from arcattn import env
     log(env.describe() if hasattr(env, "describe") else torch.__version__)
-    jobs = [(n, b[0], "float16", c, v) for n, b, cs in CASES for c in cs for v in VARIANTS]
-    jobs += [(n, b[0], "bfloat16", cs[0], v) for n, b, cs in CASES for v in VARIANTS if v["EXP16"]]
+    jobs = [(n, b[0], "float16", c, h) for n, b, vs in CASES for c, h in vs]
+    jobs += [(n, b, "float16", c, h) for n, bs, vs in CASES for b in bs[1:] for c, h in vs if c is None]
+    jobs += [(n, b, "bfloat16", c, h) for n, bs, vs in CASES for b in bs for c, h in vs if c is None]
     with ProcessPoolExecutor(8 if DEV == "cuda" else 2) as ex:
         for r in ex.map(compile_one, jobs):
             if r:

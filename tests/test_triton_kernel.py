@@ -184,6 +184,27 @@ def test_split_keys_merge_in_one_launch(rng, splits, causal, dtype, D):
     assert rel_error(out_again.cpu(), ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("D,head,splits,desc", [(40, (32, 16), 1, False), (40, (32, 16), 2, True),
+                                                (40, (32, 16, 64, 0), 1, False), (40, (32, 16, 64, 0), 3, False),
+                                                (40, (64, 0, 32, 16), 1, True), (72, (64, 16, 128, 0), 2, True),
+                                                (80, (64, 16, 128, 0), 1, False)])
+def test_value_head_split_of_its_own(rng, D, head, splits, desc):
+    """v and the output may take their own head split (a padded single part, say) while q/k keep theirs:
+    checked with LSE, the split-keys merge and the descriptor path, and columns beside the head left alone."""
+    B, H, Sq, Sk = 1, 2, 37, 100
+    q, k, v = (rand(rng, B, H, s, D, dtype=torch.float16) for s in (Sq, Sk, Sk))
+    wide = torch.full((B, H, Sq, D + 8), float("nan"), dtype=torch.float16, device=DEV)
+    wide[..., D:] = 7.0
+    out4 = wide[..., :D] if not desc else torch.full((B, H, Sq, D), float("nan"), dtype=torch.float16, device=DEV)
+    _, lse = flash_attention(q, k, v, out4=out4, return_lse=True, config=configs.TileConfig(16, 16, 4, 1),
+                             splits=splits, head=head, use_descriptors=desc)
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu())
+    assert rel_error(out4.cpu(), ref) < TOL[torch.float16]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+    if not desc:
+        assert bool((wide[..., D:] == 7.0).all())
+
+
 @pytest.mark.parametrize("D,dtype", [(40, torch.float16), (72, torch.bfloat16), (64, torch.float32)])
 def test_tensor_descriptor_path(rng, D, dtype):
     """The XPU path (2-D block loads through tensor descriptors), run here in the interpreter."""
@@ -240,6 +261,26 @@ def test_head_split_spends_fewest_lanes():
         d0, d1 = head_split(D)
         assert d0 + d1 >= D and d0 >= 16 and (d1 == 0 or d1 >= 16)
         assert d0 + d1 <= max(16, 1 << (D - 1).bit_length())
+
+
+def test_value_head_padded_where_measured():
+    sm90, cuda = configs.DeviceInfo("sm90", 132, False), configs.DeviceInfo("cuda", 80, False)
+    assert configs.value_head(sm90, 40, (32, 16)) == (64, 0)
+    assert configs.value_head(sm90, 80, (64, 16)) == (128, 0)
+    assert configs.value_head(sm90, 160, (128, 32)) == (128, 32)  # a 256-wide accumulator: not padded
+    assert configs.value_head(sm90, 64, (64, 0)) == (64, 0)
+    assert configs.value_head(cuda, 40, (32, 16)) == (32, 16)  # not measured there
+    plan = flash.Plan(torch.device(DEV), torch.float16, 1, 2, 33, 47, 40, causal=False, want_lse=False)
+    assert (plan.D0, plan.D1, plan.E0, plan.E1) == (32, 16, 64, 0)  # the interpreter follows sm90's rule
+
+
+def test_tuned_entries_by_batch_times_heads():
+    table = configs.TUNED["sm90"]
+    assert configs.tuned_entry("sm90", 64, 4096, 4096, 10) is table[(64, 4096, 4096, 1)]
+    assert configs.tuned_entry("sm90", 64, 4096, 4096, 20) is table[(64, 4096, 4096, 16)]
+    assert configs.tuned_entry("sm90", 64, 3000, 4000, 16) is table[(64, 4096, 4096, 16)]  # same buckets
+    assert configs.tuned_entry("sm90", 64, 8192, 4096, 10) is None
+    assert configs.tuned_entry("xpu", 64, 4096, 4096, 10) is None
 
 
 def test_occupancy_shrinks_tiles_then_splits_keys():

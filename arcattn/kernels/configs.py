@@ -54,7 +54,6 @@ class DeviceInfo:
     family: str          # "sm90", "cuda", "xpu", "interpreter"
     units: int           # programs that run at once, roughly: SMs on CUDA, Xe-cores on XPU
     use_descriptors: bool  # load tiles through tensor descriptors (XPU 2-D block loads)
-    capability: int = 0    # CUDA compute capability as 10 * major + minor (0 elsewhere)
 
 
 # (max padded head dim, config) per family, first match wins. The padded head dim is D0 + D1 of the kernel's
@@ -80,26 +79,55 @@ TABLES = {
     ),
 }
 
-# Measured winners per problem class, consulted before the heuristic: {family: {(head dim, Sq bucket,
-# Sk bucket): (TileConfig, splits, head split or None)}}. Buckets are powers of two rounded up, so 77 keys -> 128.
-# sm90: the fastest of bench/gpu_triton.py's tile sweep, kernel-only medians on an H200 (torch 2.11, Triton 3.6),
-# B = 1, fp16 (bench/NOTES_triton.md has every candidate's time).
+# Measured winners per problem class, consulted before the heuristic: {family: {(head dim, Sq bucket, Sk bucket,
+# smallest batch x heads): (TileConfig, splits, head split or None)}}; the entry with the largest batch x heads
+# threshold not above the call's is taken. Buckets are powers of two rounded up, so 77 keys -> 128.
+# sm90: kernel-only medians (CUDA graphs) on an H200, torch 2.11 / Triton 3.6, fp16: bench/gpu_triton.py's tile
+# sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*).
 TUNED: dict = {
     "sm90": {
-        (40, 4096, 4096): (TileConfig(128, 64, 8, 3), 1, None),    # sd15-512 in1 self      93.2 us
-        (40, 16384, 16384): (TileConfig(128, 64, 8, 3), 1, None),  # sd15-1024 in1 self   1383 us
-        (40, 4096, 128): (TileConfig(128, 64, 4, 3), 1, None),     # sd15-512 in1 cross      7.7 us
-        (64, 4096, 4096): (TileConfig(64, 64, 4, 3), 1, None),     # sdxl-1024 in2 self    110 us
-        (64, 4096, 128): (TileConfig(128, 64, 4, 3), 1, None),     # sdxl-1024 in2 cross    10.4 us
-        (64, 1024, 1024): (TileConfig(64, 64, 4, 3), 1, None),     # sdxl-1024 in3 self     18.7 us
-        (64, 1024, 128): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 cross     6.0 us
-        (80, 1024, 1024): (TileConfig(64, 128, 4, 3), 1, None),    # sd15-512 in2 self      14.0 us
-        (80, 1024, 128): (TileConfig(64, 128, 4, 2), 1, None),     # sd15-512 in2 cross      4.5 us
-        (160, 256, 256): (TileConfig(64, 64, 4, 3), 1, None),      # sd15-512 in3 self       8.1 us
-        (160, 64, 64): (TileConfig(32, 32, 4, 2), 1, None),        # sd15-512 mid self       4.3 us
+        (40, 4096, 4096, 1): (TileConfig(128, 64, 8, 3), 1, None),     # sd15-512 in1 self     92.0 us
+        (40, 16384, 16384, 1): (TileConfig(128, 64, 8, 3), 1, None),   # sd15-1024 in1 self  1339 us
+        (40, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sd15-512 in1 cross      7.7 us
+        (64, 4096, 4096, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in2 self    107 us
+        (64, 4096, 4096, 16): (TileConfig(128, 64, 8, 3), 1, None),    # ... at B = 2          221 us (64x64: 234)
+        (64, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sdxl-1024 in2 cross    10.4 us
+        (64, 1024, 1024, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 self     18.7 us
+        (64, 1024, 128, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sdxl-1024 in3 cross     6.0 us
+        (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, None),     # sd15-512 in2 self      13.8 us
+        (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, None),    # ... at B = 2           19.0 us (64x128: 26.2)
+        (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
+        (160, 256, 256, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sd15-512 in3 self       8.1 us
+        (160, 64, 64, 1): (TileConfig(32, 32, 4, 2), 1, None),         # sd15-512 mid self       4.3 us
     },
     "cuda": {}, "xpu": {}, "interpreter": {},
 }
+
+
+def tuned_entry(family: str, D: int, Sq: int, Sk: int, BH: int) -> Optional[tuple]:
+    """The TUNED entry for this problem class with the largest batch x heads threshold <= BH, or None."""
+    best, best_bh = None, 0
+    for (d, sq, sk, bh), entry in TUNED.get(family, {}).items():
+        if (d, sq, sk) == (D, bucket(Sq), bucket(Sk)) and best_bh < bh <= BH:
+            best, best_bh = entry, bh
+    return best
+
+
+# v and the output take one padded power-of-two part when q/k's head has a tail (40 -> q/k 32 + 16, v 64):
+# on an H200 (Triton 3.6) one wide P @ V product beat two narrow ones (D = 40: 92.0 vs 94.4 us at B = 1, 175 vs
+# 186 us at B = 2; D = 80: 13.8 vs 14.0 and 19.0 vs 19.8 us), bench/results/variants_visit11. Up to 128 lanes,
+# where the accumulator still fits the registers. Not measured elsewhere: off.
+VALUE_PAD_MAX = {"sm90": 128, "cuda": 0, "xpu": 0, "interpreter": 128}
+
+
+def value_head(info: "DeviceInfo", D: int, head: tuple) -> tuple:
+    """(E0, E1), v's and the output's split, given q/k's (D0, D1)."""
+    d0, d1 = head
+    full = max(16, 1 << (D - 1).bit_length())
+    if d1 and full <= VALUE_PAD_MAX[info.family]:
+        return full, 0
+    return d0, d1
+
 
 # Candidates timed by the optional on-device autotuner (ARCATTN_TRITON_AUTOTUNE=1), per family.
 CANDIDATES = {
@@ -139,28 +167,6 @@ def irregular_tail(info: "DeviceInfo") -> bool:
 MIN_STAGES = {"sm90": 2, "cuda": 1, "xpu": 1, "interpreter": 1}
 
 
-# Softmax exponentials in the input's 16-bit type (two per special-function instruction, PTX ex2.approx.f16x2 /
-# ex2.approx.ftz.bf16x2) instead of fp32. At small head dims the exp unit, not the tensor cores, bounds the
-# kernel (bench/NOTES_triton.md). CUDA only: fp16 from sm_75, bf16 from sm_90.
-EXP16_MIN_CAPABILITY = {torch.float16: 75, torch.bfloat16: 90}
-
-
-def exp16(info: "DeviceInfo", dtype: torch.dtype) -> bool:
-    env = os.environ.get("ARCATTN_TRITON_EXP16")  # experiments: 0 turns it off
-    if env == "0" or info.family not in ("sm90", "cuda"):
-        return False
-    need = EXP16_MIN_CAPABILITY.get(dtype)
-    return need is not None and info.capability >= need
-
-
-def scores_ahead(info: "DeviceInfo") -> bool:
-    """Compute the next key block's scores before this block's softmax (the kernel's AHEAD)."""
-    env = os.environ.get("ARCATTN_TRITON_AHEAD")  # experiments: 0 / 1 override
-    if env in ("0", "1"):
-        return env == "1"
-    return info.family == "interpreter"
-
-
 @functools.lru_cache(maxsize=None)
 def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
     if interpreted:
@@ -168,7 +174,7 @@ def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
     if device_type == "cuda":
         props = torch.cuda.get_device_properties(index)
         family = "sm90" if (props.major, props.minor) == (9, 0) else "cuda"
-        return DeviceInfo(family, int(props.multi_processor_count), False, 10 * props.major + props.minor)
+        return DeviceInfo(family, int(props.multi_processor_count), False)
     if device_type == "xpu":
         props = torch.xpu.get_device_properties(index)
         units = int(getattr(props, "gpu_subslice_count", 0) or 0) or max(1, int(getattr(props, "gpu_eu_count", 160)) // 8)
@@ -203,7 +209,7 @@ def choose(info: DeviceInfo, *, head_pad: int, BH: int, Sq: int, Sk: int, causal
     if forced is not None:
         return forced + (None,)
     want = info.units * WAVES[info.family]
-    tuned = TUNED.get(info.family, {}).get((D, bucket(Sq), bucket(Sk)))
+    tuned = tuned_entry(info.family, D, Sq, Sk, BH)
     if tuned is not None and not causal and BH * -(-Sq // tuned[0].block_m) * tuned[1] >= want:
         return tuned
     cfg = base_config(info, head_pad)

@@ -67,20 +67,6 @@ def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _exp2_half(x):
-    """2**x for fp16 or bf16 x, two lanes per instruction (PTX ex2.approx.{f16x2, ftz.bf16x2}): half the
-    special-function-unit work of an fp32 exp2 per score, and the result is already the dtype of the P @ V
-    product. CUDA only (sm_75+ for fp16, sm_90+ for bf16)."""
-    if x.dtype == tl.float16:
-        y = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
-                                      is_pure=True, pack=2)
-    else:
-        y = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
-                                      is_pure=True, pack=2)
-    return y
-
-
-@triton.jit
 def _load(base, desc, r0, nrows, s_row, s_col, R: tl.constexpr, C: tl.constexpr, C0: tl.constexpr,
           D: tl.constexpr, CHECK_ROWS: tl.constexpr, USE_DESC: tl.constexpr):
     """Rows r0..r0+R, head-dim columns C0..C0+C of one (batch, head) matrix; rows >= nrows and columns >= D
@@ -139,12 +125,12 @@ def _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd,
 
 @triton.jit
 def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, qk_scale,
-          D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
+          D: tl.constexpr, E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
           MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, EXP16: tl.constexpr):
+          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold the scores qk of keys n0..n0+BLOCK_N into the running state. m_i is the running row maximum of
-    the scaled scores in base 2, l_i the row sum of exp2(score - m_i)."""
+    the scaled scores in base 2, l_i the row sum of exp2(score - m_i). E0/E1/F1: the split of v's head."""
     if SCALE_FIRST:  # scale <= 0: scale before masking, so masked scores stay -inf
         qk = qk * qk_scale
     if MASKED:
@@ -164,18 +150,14 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
         x = qk - m_use[:, None]
     else:
         x = qk * qk_scale - m_use[:, None]
+    p = tl.math.exp2(x)
     alpha = tl.math.exp2(m_i - m_use)
-    v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, D0, 0, D, MASKED, USE_DESC)
-    if EXP16:  # exp in the input's 16-bit type
-        p = _exp2_half(x.to(v0.dtype))
-        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
-    else:
-        p = tl.math.exp2(x)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(v0.dtype)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, E0, 0, D, MASKED, USE_DESC)
+    p = p.to(v0.dtype)
     acc0 = _mma(p, v0, acc0 * alpha[:, None], IEEE, UPCAST)
-    if D1 > 0:
-        v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, D1, C1, D, MASKED, USE_DESC)
+    if E1 > 0:
+        v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, E1, F1, D, MASKED, USE_DESC)
         acc1 = _mma(p, v1, acc1 * alpha[:, None], IEEE, UPCAST)
     return acc0, acc1, m_new, l_i
 
@@ -184,33 +166,16 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
 def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d, lo, hi, row0, Sk,
                s_ks, s_kd, s_vs, s_vd, qk_scale,
                D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, EXP16: tl.constexpr,
-               AHEAD: tl.constexpr):
-    """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state.
-    AHEAD (whole blocks only): the scores of the next block are computed before this block's softmax, so that
-    on Hopper the tensor cores work on them (an asynchronous wgmma) while the softmax runs; the last step
-    computes one block's scores that nobody uses (at a clamped, valid address) instead of branching."""
-    if AHEAD:
-        # the first block is loaded with a row mask: when lo == hi it may lie past Sk, and the loop is empty
-        qk = _scores(q0, q1, k_base, k0d, k1d, lo, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, True,
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
+    """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state."""
+    for n0 in range(lo, hi, BLOCK_N):
+        qk = _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED,
                      IEEE, UPCAST, USE_DESC)
-        last = tl.maximum(hi - BLOCK_N, lo)
-        for n0 in range(lo, hi, BLOCK_N):
-            qk_next = _scores(q0, q1, k_base, k0d, k1d, tl.minimum(n0 + BLOCK_N, last), Sk, s_ks, s_kd,
-                              D, D0, D1, C1, BLOCK_M, BLOCK_N, False, IEEE, UPCAST, USE_DESC)
-            acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
-                                         qk_scale, D, D0, D1, C1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
-                                         EMPTY_ROWS, IEEE, UPCAST, USE_DESC, EXP16)
-            qk = qk_next
-    else:
-        for n0 in range(lo, hi, BLOCK_N):
-            qk = _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED,
-                         IEEE, UPCAST, USE_DESC)
-            acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
-                                         qk_scale, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED, CAUSAL, SCALE_FIRST,
-                                         EMPTY_ROWS, IEEE, UPCAST, USE_DESC, EXP16)
+        acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
+                                     qk_scale, D, E0, E1, F1, BLOCK_M, BLOCK_N, MASKED, CAUSAL, SCALE_FIRST,
+                                     EMPTY_ROWS, IEEE, UPCAST, USE_DESC)
     return acc0, acc1, m_i, l_i
 
 
@@ -218,9 +183,9 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
 def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               s_qb, s_qh, s_qs, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd, s_ob, s_oh, s_os, s_od,
               D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
+              E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr, EXP16: tl.constexpr, AHEAD: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -245,13 +210,14 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     if USE_DESC:
         q0d = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[s_qs, 1], block_shape=[BLOCK_M, D0])
         k0d = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[s_ks, 1], block_shape=[BLOCK_N, D0])
-        v0d = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[s_vs, 1], block_shape=[BLOCK_N, D0])
-        o0d = tl.make_tensor_descriptor(o_base, shape=[Sq, D], strides=[s_os, 1], block_shape=[BLOCK_M, D0])
+        v0d = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[s_vs, 1], block_shape=[BLOCK_N, E0])
+        o0d = tl.make_tensor_descriptor(o_base, shape=[Sq, D], strides=[s_os, 1], block_shape=[BLOCK_M, E0])
         if D1 > 0:
             q1d = tl.make_tensor_descriptor(q_base, shape=[Sq, D], strides=[s_qs, 1], block_shape=[BLOCK_M, D1])
             k1d = tl.make_tensor_descriptor(k_base, shape=[Sk, D], strides=[s_ks, 1], block_shape=[BLOCK_N, D1])
-            v1d = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[s_vs, 1], block_shape=[BLOCK_N, D1])
-            o1d = tl.make_tensor_descriptor(o_base, shape=[Sq, D], strides=[s_os, 1], block_shape=[BLOCK_M, D1])
+        if E1 > 0:
+            v1d = tl.make_tensor_descriptor(v_base, shape=[Sk, D], strides=[s_vs, 1], block_shape=[BLOCK_N, E1])
+            o1d = tl.make_tensor_descriptor(o_base, shape=[Sq, D], strides=[s_os, 1], block_shape=[BLOCK_M, E1])
 
     # The keys this program folds in: all (causal: up to the tile's last row), or its split's share.
     hi = Sk
@@ -269,34 +235,35 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     mid = lo + tl.maximum(full_end - lo, 0) // BLOCK_N * BLOCK_N
 
     q0 = _load(q_base, q0d, row0, Sq, s_qs, s_qd, BLOCK_M, D0, 0, D, True, USE_DESC)
-    acc0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    acc0 = tl.zeros([BLOCK_M, E0], tl.float32)
     q1 = q0  # stand-ins when the head has no tail
     acc1 = acc0
     if D1 > 0:
         q1 = _load(q_base, q1d, row0, Sq, s_qs, s_qd, BLOCK_M, D1, C1, D, True, USE_DESC)
         if C1 < D0:  # the tail window overlaps the first part: count those columns once in the scores
             q1 = tl.where((C1 + tl.arange(0, D1))[None, :] >= D0, q1, 0.0)
-        acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    if E1 > 0:
+        acc1 = tl.zeros([BLOCK_M, E1], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
 
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       lo, mid, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
-                                      D, D0, D1, C1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST, SPLITS > 1,
-                                      IEEE, UPCAST, USE_DESC, EXP16, AHEAD)
+                                      D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       mid, hi, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
-                                      D, D0, D1, C1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST, SPLITS > 1,
-                                      IEEE, UPCAST, USE_DESC, EXP16, False)
+                                      D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST,
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
         inv = 1.0 / l_i
         _store(o_base, o0d, (acc0 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-               BLOCK_M, D0, 0, D, 0, USE_DESC)
-        if D1 > 0:
+               BLOCK_M, E0, 0, D, 0, USE_DESC)
+        if E1 > 0:
             _store(o_base, o1d, (acc1 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                   BLOCK_M, D1, C1, D, D0, USE_DESC)
+                   BLOCK_M, E1, F1, D, E0, USE_DESC)
         if WRITE_LSE:
             tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=offs_m < Sq)
     else:
@@ -304,9 +271,9 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
         rmask = offs_m < Sq
         ws_row = (split * tl.num_programs(1) + bh).to(tl.int64) * Sq + offs_m
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        tl.store(WS + ws_row[:, None] * (D0 + D1) + tl.arange(0, D0)[None, :], acc0 / l_safe[:, None], mask=rmask[:, None])
-        if D1 > 0:
-            tl.store(WS + ws_row[:, None] * (D0 + D1) + D0 + tl.arange(0, D1)[None, :], acc1 / l_safe[:, None],
+        tl.store(WS + ws_row[:, None] * (E0 + E1) + tl.arange(0, E0)[None, :], acc0 / l_safe[:, None], mask=rmask[:, None])
+        if E1 > 0:
+            tl.store(WS + ws_row[:, None] * (E0 + E1) + E0 + tl.arange(0, E1)[None, :], acc1 / l_safe[:, None],
                      mask=rmask[:, None])
         tl.store(WSL + ws_row, m_i + tl.math.log2(l_i), mask=rmask)
         # Everyone's partial is stored before the ticket is taken (barrier, then a release/acquire atomic).
@@ -322,25 +289,25 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
                                           volatile=True))
             m = tl.where(m == float("-inf"), 0.0, m)
             den = tl.zeros([BLOCK_M], tl.float32)
-            o0 = tl.zeros([BLOCK_M, D0], tl.float32)
+            o0 = tl.zeros([BLOCK_M, E0], tl.float32)
             o1 = o0
-            if D1 > 0:
-                o1 = tl.zeros([BLOCK_M, D1], tl.float32)
+            if E1 > 0:
+                o1 = tl.zeros([BLOCK_M, E1], tl.float32)
             for s in tl.static_range(SPLITS):
                 rows = s * stride_s + row_s
                 w = tl.math.exp2(tl.load(WSL + rows, mask=rmask, other=float("-inf"), volatile=True) - m)
                 den += w
-                o0 += w[:, None] * tl.load(WS + rows[:, None] * (D0 + D1) + tl.arange(0, D0)[None, :],
+                o0 += w[:, None] * tl.load(WS + rows[:, None] * (E0 + E1) + tl.arange(0, E0)[None, :],
                                            mask=rmask[:, None], other=0.0, volatile=True)
-                if D1 > 0:
-                    o1 += w[:, None] * tl.load(WS + rows[:, None] * (D0 + D1) + D0 + tl.arange(0, D1)[None, :],
+                if E1 > 0:
+                    o1 += w[:, None] * tl.load(WS + rows[:, None] * (E0 + E1) + E0 + tl.arange(0, E1)[None, :],
                                                mask=rmask[:, None], other=0.0, volatile=True)
             inv = 1.0 / den
             _store(o_base, o0d, (o0 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                   BLOCK_M, D0, 0, D, 0, USE_DESC)
-            if D1 > 0:
+                   BLOCK_M, E0, 0, D, 0, USE_DESC)
+            if E1 > 0:
                 _store(o_base, o1d, (o1 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                       BLOCK_M, D1, C1, D, D0, USE_DESC)
+                       BLOCK_M, E1, F1, D, E0, USE_DESC)
             if WRITE_LSE:
                 tl.store(LSE + row_s, (m + tl.math.log2(den)) * _LN2, mask=rmask)
             tl.atomic_xchg(lock, 0)  # ready for the next launch
@@ -370,31 +337,41 @@ def head_split(D: int, irregular: bool = True) -> tuple:
     return d0, d1
 
 
+def _heads(head: tuple) -> tuple:
+    """(D0, D1, E0, E1) from a head spec: (D0, D1) splits q/k and v/out alike; (D0, D1, E0, E1) gives v and the
+    output their own (a padded single part for v can beat two narrow products on Hopper)."""
+    return tuple(head) if len(head) == 4 else (head[0], head[1], head[0], head[1])
+
+
 class Plan:
     """Everything about a launch that depends only on the call's signature, computed once."""
 
     __slots__ = ("grid", "kwargs", "kwargs_scale_first", "kwargs_al", "kwargs_al_scale_first", "align", "config",
-                 "splits", "D0", "D1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified")
+                 "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
                  splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
         info = configs.device_info(device.type, device.index or 0, interpreted())
-        # `head` overrides the split (experiments: (64, 0) for D=40)
-        self.D0, self.D1 = head or head_split(D, configs.irregular_tail(info))
+        # `head` overrides the split: (D0, D1) for q/k and v/out alike, or (D0, D1, E0, E1) with v/out's own
+        explicit = head is not None
+        if head is None:
+            d = head_split(D, configs.irregular_tail(info))
+            head = d + configs.value_head(info, D, d)
+        self.D0, self.D1, self.E0, self.E1 = _heads(head)
         # Calls whose strides are not 16-byte aligned get their own variant: on CUDA one power-of-two part and no
         # tail (Triton 3.6 miscompiled tail dots fed by unaligned loads on Hopper; bench/NOTES_triton.md).
         d0u, d1u = (max(16, 1 << (D - 1).bit_length()), 0) if info.family in ("sm90", "cuda") else (self.D0, self.D1)
         if config is None:
-            config, auto_splits, tuned_head = configs.choose(info, head_pad=self.D0 + self.D1, BH=B * H, Sq=Sq,
-                                                             Sk=Sk, causal=causal, D=D)
+            config, auto_splits, tuned_head = configs.choose(
+                info, head_pad=max(self.D0 + self.D1, self.E0 + self.E1), BH=B * H, Sq=Sq, Sk=Sk, causal=causal, D=D)
             splits = auto_splits if splits is None else splits
-            if tuned_head is not None and head is None:
-                self.D0, self.D1 = tuned_head
+            if tuned_head is not None and not explicit:
+                self.D0, self.D1, self.E0, self.E1 = _heads(tuned_head)
         splits = max(1, int(splits or 1))
         self.config, self.splits, self.device = config, splits, device
         self.grid = (triton.cdiv(Sq, config.block_m), B * H, splits)
-        self.ws_shape = (splits, B * H, Sq, max(self.D0 + self.D1, d0u + d1u)) if splits > 1 else None
+        self.ws_shape = (splits, B * H, Sq, max(self.E0 + self.E1, d0u + d1u)) if splits > 1 else None
         self.lock_n = self.grid[0] * self.grid[1]
         use_desc = info.use_descriptors if use_descriptors is None else use_descriptors
         interp = interpreted()
@@ -404,14 +381,15 @@ class Plan:
         common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal),
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
                       UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
-                      EXP16=configs.exp16(info, dtype), AHEAD=configs.scores_ahead(info),
                       **({} if interp else config.options()))
         # unaligned strides: AL = 1
-        self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), AL=1)
+        self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=d0u, E1=d1u,
+                           F1=tail_start(d0u, d1u), AL=1)
         self.kwargs_scale_first = dict(self.kwargs, SCALE_FIRST=True)
         # strides that are all multiples of 16 bytes' worth of elements are passed divided (see the kernel)
         self.align = 16 // torch.tensor([], dtype=dtype).element_size()
-        self.kwargs_al = dict(common, D0=self.D0, D1=self.D1, C1=tail_start(self.D0, self.D1), AL=self.align)
+        self.kwargs_al = dict(common, D0=self.D0, D1=self.D1, C1=tail_start(self.D0, self.D1), E0=self.E0,
+                              E1=self.E1, F1=tail_start(self.E0, self.E1), AL=self.align)
         self.kwargs_al_scale_first = dict(self.kwargs_al, SCALE_FIRST=True)
         # direct launches of the cached compiled kernel (not in the interpreter, not for tensor-descriptor
         # kernels, whose global scratch only Triton's launcher allocates; ARCATTN_TRITON_FAST_LAUNCH=0: off)
@@ -422,6 +400,7 @@ class Plan:
 
     def describe(self) -> str:
         return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
+                + (f" v={self.E0}+{self.E1}" if (self.E0, self.E1) != (self.D0, self.D1) else "")
                 + (" desc" if self.kwargs["USE_DESC"] else ""))
 
 
@@ -506,8 +485,8 @@ def _ensure_allocator(device: torch.device) -> None:
 
 _alloc_local = threading.local()
 
-_CONSTS = ("D", "D0", "D1", "C1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS", "SCALE_FIRST", "IEEE",
-           "UPCAST", "USE_DESC", "AL", "EXP16", "AHEAD")
+_CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
