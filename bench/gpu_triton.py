@@ -288,9 +288,9 @@ def compile_job(job):
 # ------------------------------------------------------------------------------------------------- probe
 
 # the head splits the product uses on CUDA for 16-byte aligned strides; unaligned calls use one power-of-two part
-PROBE_HEADS = {8: (16, 0), 40: (32, 16), 64: (64, 0), 72: (64, 16), 80: (64, 16), 96: (64, 32), 160: (128, 32),
-               256: (256, 0)}
-PROBE_CFGS = [(128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3)]
+# None: the split the product takes (flash.Plan: q/k 32 + 16 with v padded to 64 on sm90 for D 40, ...)
+PROBE_HEADS = {8: None, 40: None, 64: None, 72: None, 80: None, 96: None, 160: None, 256: None}
+PROBE_CFGS = [(128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3), (32, 32, 4, 2)]
 
 
 def probe_variants() -> list:
@@ -515,7 +515,7 @@ def stage_tune(results, start=0):
 
 
 def install_tuned(env, tune):
-    """The fastest configuration per tuned shape becomes configs.TUNED['sm90'][(D, Sq bucket, Sk bucket)],
+    """The fastest configuration per tuned shape becomes configs.TUNED['sm90'][(D, Sq bucket, Sk bucket, 1)],
     so the bench below runs what the tuned table will hold. Printed as Python for configs.py."""
     from arcattn.kernels import configs
     best = {}
@@ -525,7 +525,7 @@ def install_tuned(env, tune):
     table = {}
     for name, r in best.items():
         s = shape(name)
-        key = (s["D"], configs.bucket(s["Sq"]), configs.bucket(s["Sk"]))
+        key = (s["D"], configs.bucket(s["Sq"]), configs.bucket(s["Sk"]), 1)
         head = tuple(r["head"]) if r["head"] else None
         table[key] = (configs.TileConfig(*r["cfg"]), 1, head)
     configs.TUNED["sm90"].update(table)
