@@ -643,7 +643,8 @@ def main():
 
     stages = [("env", lambda: stage_env(env)),
               ("probe", lambda: stage_probe(env)),
-              ("compile", lambda: stage_compile(env, [("tune", j) for j in tune_jobs()], "compile_tune")),
+              ("compile", lambda: "tune" in STAGES and stage_compile(env, [("tune", j) for j in tune_jobs()],
+                                                                    "compile_tune")),
               ("tune", tune_then_install),
               ("compile", lambda: stage_compile(env, [("case", c, tuned_list()) for c in sweep_cases()],
                                                 "compile_sweep")),
