@@ -189,13 +189,16 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
         except Exception as e:  # noqa: BLE001 - a torch kernel that cannot serve the shape, an OOM, ...
             row["status"] = f"n/a: {one_line(e, 160)}"
     # Interleaved rounds (each method once per round), so that host noise and clock drift fall on all methods
-    # alike; the median over rounds is reported. Python's GC stays off while timing.
+    # alike; the median over rounds is reported. The order rotates every round: a method that always ran right
+    # after a heavy one (torch:math) measured up to 14% slow on an H200 (bench/NOTES_triton.md, visit 15).
+    # Python's GC stays off while timing.
     samples = {id(row): [] for row, *_ in timed}
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(reps if all(n > 1 for *_, n in timed) else min(reps, 3)):
-            for row, m, fn, n in timed:
+        for r in range(reps if all(n > 1 for *_, n in timed) else min(reps, 3)):
+            k = r % max(1, len(timed))
+            for row, m, fn, n in timed[k:] + timed[:k]:
                 with (m.ctx() if m.ctx else contextlib.nullcontext()):
                     samples[id(row)].append(sample_us(fn, device, n))
     finally:
