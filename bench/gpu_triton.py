@@ -551,7 +551,7 @@ def stage_bench(env):
 def stage_launch(env):
     """CPU cost of one launch: Triton's own launcher (JITFunction.run) vs arcattn's cached direct launch, and
     whether both write the same bits."""
-    from arcattn.bench import sync
+    from arcattn.env import synchronize as sync
     from arcattn.call import make_call
     from arcattn.kernels import flash
     s = shape("sd15-512 mid self")

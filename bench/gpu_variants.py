@@ -1,6 +1,6 @@
 """One GPU visit: kernel variants of the Triton flash kernel side by side with torch's SDPA kernels, per shape.
 
-    PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
+    GPU_VARIANTS=17 PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
 
 For the large shapes, where the kernel trails or matches cuDNN (bench/NOTES_triton.md), and D = 80, and for each
 tile configuration x head split (q/k and v/out: the default split, one padded part, or a split q/k with a padded
@@ -35,17 +35,35 @@ DEV = os.environ.get("GPU_SCRIPT_DEVICE", "cuda")  # "cpu" (TRITON_INTERPRET=1, 
 if DEV == "cpu":
     SHAPES = {n: dict(s, Sq=min(s["Sq"], 40), Sk=min(s["Sk"], 72)) for n, s in SHAPES.items()}
 HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm90 default since visit 11)
-CASES = [  # (shape, batches, [(tile configuration or None for the plan's own choice, head spec), ...])
-    ("sd15-512 in1 self", (1, 2), [(None, None), ((128, 64, 8, 3), (32, 16)), ((128, 64, 8, 3), HYB40),
-                                   ((256, 64, 16, 3), HYB40), ((256, 64, 16, 2), HYB40), ((128, 64, 8, 2), HYB40)]),
-    ("sdxl-1024 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None),
-                                    ((256, 64, 16, 3), None), ((256, 64, 16, 2), None)]),
-    ("sd21-512 in1 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
-    ("sdxl-1024 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
-    ("sd15-1024 in1 self", (1,), [(None, None), ((256, 64, 16, 3), HYB40)]),
-    ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 128, 4, 3), HYB80), ((128, 64, 8, 3), HYB80),
-                                   ((256, 64, 16, 2), HYB80)]),
-]
+C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
+C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
+C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
+# The case list of each visit (GPU_VARIANTS=11|12|17 picks one; results in bench/results/variants_visit*):
+# (shape, batches, [(tile configuration or None for the plan's own choice, head spec or None), ...])
+VISITS = {
+    # head splits: the plain split, one padded part, split q/k with a padded v; tiles at B = 1 and 2
+    "11": [("sd15-512 in1 self", (1, 2), [(c, h) for c in C40 for h in (None, (64, 0), HYB40)]),
+           ("sdxl-1024 in2 self", (1, 2), [(c, None) for c in C64]),
+           ("sd21-512 in1 self", (1,), [(c, None) for c in C64[:3]]),
+           ("sd15-1024 in1 self", (1,), [(c, h) for c in C40[:2] for h in (None, (64, 0), HYB40)]),
+           ("sd15-512 in2 self", (1, 2), [(c, h) for c in C80 for h in (None, (128, 0), HYB80)])],
+    # the plan's own choice after visit 11, and 256-row tiles
+    "12": [("sd15-512 in1 self", (1, 2), [(None, None), ((128, 64, 8, 3), (32, 16)), ((128, 64, 8, 3), HYB40),
+                                          ((256, 64, 16, 3), HYB40), ((256, 64, 16, 2), HYB40),
+                                          ((128, 64, 8, 2), HYB40)]),
+           ("sdxl-1024 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None),
+                                           ((256, 64, 16, 3), None), ((256, 64, 16, 2), None)]),
+           ("sd21-512 in1 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
+           ("sdxl-1024 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((128, 64, 8, 3), None)]),
+           ("sd15-1024 in1 self", (1,), [(None, None), ((256, 64, 16, 3), HYB40)]),
+           ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 128, 4, 3), HYB80), ((128, 64, 8, 3), HYB80),
+                                          ((256, 64, 16, 2), HYB80)])],
+    # the padded v on the cross-attention shapes (77 keys) against the plain split
+    "17": [("sd15-512 in1 cross", (1, 2), [(None, None), ((128, 64, 4, 3), (32, 16)), ((128, 64, 4, 3), HYB40)]),
+           ("sd15-512 in2 cross", (1, 2), [(None, None), ((64, 128, 4, 2), (64, 16)), ((64, 128, 4, 2), HYB80)]),
+           ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), (128, 32))])],
+}
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "17")]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
