@@ -58,10 +58,16 @@ VISITS = {
            ("sd15-1024 in1 self", (1,), [(None, None), ((256, 64, 16, 3), HYB40)]),
            ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 128, 4, 3), HYB80), ((128, 64, 8, 3), HYB80),
                                           ((256, 64, 16, 2), HYB80)])],
-    # the padded v on the cross-attention shapes (77 keys) against the plain split
+    # the padded v on the cross-attention shapes (77 keys) against the plain split; tensor descriptors (TMA on
+    # Hopper, the XPU path) on the large shapes (a third element "desc")
     "17": [("sd15-512 in1 cross", (1, 2), [(None, None), ((128, 64, 4, 3), (32, 16)), ((128, 64, 4, 3), HYB40)]),
            ("sd15-512 in2 cross", (1, 2), [(None, None), ((64, 128, 4, 2), (64, 16)), ((64, 128, 4, 2), HYB80)]),
-           ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), (128, 32))])],
+           ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), (128, 32))]),
+           ("sd15-512 in1 self", (1, 2), [(None, None), ((128, 64, 8, 3), HYB40, "desc"),
+                                          ((128, 64, 8, 3), (32, 16), "desc"), ((64, 64, 4, 3), HYB40, "desc")]),
+           ("sdxl-1024 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "desc"),
+                                           ((128, 64, 8, 3), None, "desc")]),
+           ("sd15-1024 in1 self", (1,), [(None, None), ((128, 64, 8, 3), HYB40, "desc")])],
 }
 CASES = VISITS[os.environ.get("GPU_VARIANTS", "17")]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -83,18 +89,20 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def plan_for(s, B, dtype, cfg, head):
+def plan_for(s, B, dtype, cfg, head, desc=False):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
                       want_lse=False, config=configs.TileConfig(*cfg) if cfg else None, splits=1 if cfg else None,
-                      head=head)
+                      head=head, use_descriptors=desc or None)
 
 
-def runner(s, B, dtype, cfg, head, seed=0):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head)
+    plan = plan_for(s, B, dtype, cfg, head, desc)
+    if desc:
+        flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
     call = make_call(q, k, v, heads=s["H"])
     out, out4 = call.empty_out()
@@ -106,9 +114,9 @@ def runner(s, B, dtype, cfg, head, seed=0):
 
 
 def compile_one(job):
-    name, B, dt, cfg, head = job
+    name, B, dt, cfg, head, *desc = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head)[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc=bool(desc))[0]
         fn()
         sync()
         return None
@@ -164,12 +172,13 @@ def shape_main(name):
         fns = {}
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
-        for cfg, head in variants:
-                label = f"{cfg} head={head or 'split'}" if cfg else "default"
+        for cfg, head, *desc in variants:
+                desc = bool(desc)
+                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "")) if cfg else "default"
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
                     for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7)
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -183,7 +192,7 @@ def shape_main(name):
                         if not err < TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)
@@ -217,9 +226,9 @@ def main():
     t0 = time.time()
     from arcattn import env
     log(env.describe() if hasattr(env, "describe") else torch.__version__)
-    jobs = [(n, b[0], "float16", c, h) for n, b, vs in CASES for c, h in vs]
-    jobs += [(n, b, "float16", c, h) for n, bs, vs in CASES for b in bs[1:] for c, h in vs if c is None]
-    jobs += [(n, b, "bfloat16", c, h) for n, bs, vs in CASES for b in bs for c, h in vs if c is None]
+    jobs = [(n, b[0], "float16", *v) for n, b, vs in CASES for v in vs]
+    jobs += [(n, b, "float16", *v) for n, bs, vs in CASES for b in bs[1:] for v in vs if v[0] is None]
+    jobs += [(n, b, "bfloat16", *v) for n, bs, vs in CASES for b in bs for v in vs if v[0] is None]
     with ProcessPoolExecutor(8 if DEV == "cuda" else 2) as ex:
         for r in ex.map(compile_one, jobs):
             if r:

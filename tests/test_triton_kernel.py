@@ -266,12 +266,22 @@ def test_head_split_spends_fewest_lanes():
 def test_value_head_padded_where_measured():
     sm90, cuda = configs.DeviceInfo("sm90", 132, False), configs.DeviceInfo("cuda", 80, False)
     assert configs.value_head(sm90, 40, (32, 16)) == (64, 0)
-    assert configs.value_head(sm90, 80, (64, 16)) == (128, 0)
+    assert configs.value_head(sm90, 80, (64, 16)) == (64, 16)  # 128-wide only where TUNED says so
     assert configs.value_head(sm90, 160, (128, 32)) == (128, 32)  # a 256-wide accumulator: not padded
     assert configs.value_head(sm90, 64, (64, 0)) == (64, 0)
     assert configs.value_head(cuda, 40, (32, 16)) == (32, 16)  # not measured there
     plan = flash.Plan(torch.device(DEV), torch.float16, 1, 2, 33, 47, 40, causal=False, want_lse=False)
     assert (plan.D0, plan.D1, plan.E0, plan.E1) == (32, 16, 64, 0)  # the interpreter follows sm90's rule
+    sm90_plan = _sm90_plan(80, Sq=1000, Sk=1000)  # a TUNED entry with v's own split
+    assert (sm90_plan.D0, sm90_plan.D1, sm90_plan.E0, sm90_plan.E1) == (64, 16, 128, 0)
+    cross = _sm90_plan(80, Sq=1000, Sk=77)
+    assert (cross.D0, cross.D1, cross.E0, cross.E1) == (64, 16, 64, 16)
+
+
+def _sm90_plan(D, Sq, Sk, B=1, H=8):
+    import unittest.mock
+    with unittest.mock.patch.object(configs, "device_info", lambda *a: configs.DeviceInfo("sm90", 132, False)):
+        return flash.Plan(torch.device(DEV), torch.float16, B, H, Sq, Sk, D, causal=False, want_lse=False)
 
 
 def test_tuned_entries_by_batch_times_heads():

@@ -80,7 +80,8 @@ TABLES = {
 }
 
 # Measured winners per problem class, consulted before the heuristic: {family: {(head dim, Sq bucket, Sk bucket,
-# smallest batch x heads): (TileConfig, splits, head split or None)}}; the entry with the largest batch x heads
+# smallest batch x heads): (TileConfig, splits, head split or None)}}, a head split being (D0, D1) or, with v's
+# own, (D0, D1, E0, E1) (flash.Plan); the entry with the largest batch x heads
 # threshold not above the call's is taken. Buckets are powers of two rounded up, so 77 keys -> 128.
 # sm90: kernel-only medians (CUDA graphs) on an H200, torch 2.11 / Triton 3.6, fp16: bench/gpu_triton.py's tile
 # sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*).
@@ -94,8 +95,8 @@ TUNED: dict = {
         (64, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sdxl-1024 in2 cross    10.4 us
         (64, 1024, 1024, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 self     18.7 us
         (64, 1024, 128, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sdxl-1024 in3 cross     6.0 us
-        (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, None),     # sd15-512 in2 self      13.8 us
-        (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, None),    # ... at B = 2           19.0 us (64x128: 26.2)
+        (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, (64, 16, 128, 0)),   # sd15-512 in2 self  13.8 us
+        (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, (64, 16, 128, 0)),  # ... at B = 2       19.0 us
         (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
         (160, 256, 256, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sd15-512 in3 self       8.1 us
         (160, 64, 64, 1): (TileConfig(32, 32, 4, 2), 1, None),         # sd15-512 mid self       4.3 us
@@ -114,10 +115,12 @@ def tuned_entry(family: str, D: int, Sq: int, Sk: int, BH: int) -> Optional[tupl
 
 
 # v and the output take one padded power-of-two part when q/k's head has a tail (40 -> q/k 32 + 16, v 64):
-# on an H200 (Triton 3.6) one wide P @ V product beat two narrow ones (D = 40: 92.0 vs 94.4 us at B = 1, 175 vs
-# 186 us at B = 2; D = 80: 13.8 vs 14.0 and 19.0 vs 19.8 us), bench/results/variants_visit11. Up to 128 lanes,
-# where the accumulator still fits the registers. Not measured elsewhere: off.
-VALUE_PAD_MAX = {"sm90": 128, "cuda": 0, "xpu": 0, "interpreter": 128}
+# on an H200 (Triton 3.6) one wide P @ V product beat two narrow ones at D = 40 (92.0 vs 94.4 us at B = 1, 175 vs
+# 186 us at B = 2 on sd15-512 in1 self; 7.3 vs 7.7 us on its cross-attention), bench/results/variants_visit11
+# and _visit17. Padding 80 to 128 won on the 1024^2 self-attention (13.8 vs 14.0 us, 19.0 vs 19.8 us) but lost on
+# its cross-attention (7.9 vs 5.9 us at B = 2: a 128-wide accumulator next to 128-key tiles crowds the
+# registers), so wider pads come only from TUNED entries. Not measured elsewhere: off.
+VALUE_PAD_MAX = {"sm90": 64, "cuda": 0, "xpu": 0, "interpreter": 64}
 
 
 def value_head(info: "DeviceInfo", D: int, head: tuple) -> tuple:
@@ -244,8 +247,9 @@ def candidates(info: DeviceInfo, head_pad: int) -> tuple:
 
 # Where this kernel measured slower than torch's best SDPA kernel (cuDNN), per device family; the router then
 # leaves those calls to SDPA. sm90, H200, torch 2.11 / Triton 3.6 (bench/RESULTS.md): in the compute-bound regime
-# (Sq * Sk >= 4096^2) cuDNN wins for head dims that are not a multiple of 64 (D = 40: 0.81-0.91x) and for D = 64
-# once batch x heads >= 16 (SDXL B = 2: 0.88-0.92x); every smaller SD shape measured 1.3-1.9x for Triton.
+# (Sq * Sk >= 4096^2) cuDNN wins for head dims that are not a multiple of 64 (D = 40: 0.81-0.89x host-style,
+# 0.85-0.94x kernel only) and for D = 64 once batch x heads >= 16 (SDXL B = 2: 0.85-0.87x host-style, 0.91-0.97x
+# kernel only); every smaller SD shape measured 1.2-1.7x for Triton.
 LARGE_SCORES = 4096 * 4096
 
 
