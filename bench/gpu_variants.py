@@ -31,6 +31,8 @@ os.environ.setdefault("TRITON_CACHE_DIR", "/tmp/triton_cache")
 import torch  # noqa: E402
 
 SHAPES = {s["name"]: s for s in json.load(open(ROOT / "bench" / "shapes.json"))["shapes"]}
+SHAPES.update({n: dict(name=n, H=8, D=160, Sq=sq, Sk=77)  # SD1.5's two smallest cross-attentions
+               for n, sq in (("sd15-512 in3 cross", 256), ("sd15-512 mid cross", 64))})
 DEV = os.environ.get("GPU_SCRIPT_DEVICE", "cuda")  # "cpu" (TRITON_INTERPRET=1, tiny shapes): dry runs only
 if DEV == "cpu":
     SHAPES = {n: dict(s, Sq=min(s["Sq"], 40), Sk=min(s["Sk"], 72)) for n, s in SHAPES.items()}
@@ -68,6 +70,28 @@ VISITS = {
            ("sdxl-1024 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "desc"),
                                            ((128, 64, 8, 3), None, "desc")]),
            ("sd15-1024 in1 self", (1,), [(None, None), ((128, 64, 8, 3), HYB40, "desc")])],
+    # tiles at B = 2 for the shapes tuned at B = 1 only (and two cross-attentions never tuned)
+    "18": [("sd15-512 in1 cross", (2,), [(None, None)] + [(c, None) for c in (
+               (128, 128, 8, 2), (64, 128, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2))]),
+           ("sd15-512 in2 self", (2,), [(None, None)] + [(c, HYB80) for c in (
+               (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 2), (128, 64, 8, 4))]),
+           ("sd15-512 in2 cross", (2,), [(None, None)] + [(c, None) for c in (
+               (128, 128, 8, 2), (64, 64, 4, 3), (32, 128, 4, 2), (128, 128, 4, 2), (128, 64, 8, 3))]),
+           ("sd15-512 in3 self", (2,), [(None, None)] + [(c, None) for c in (
+               (64, 64, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (128, 64, 8, 2))]),
+           ("sd15-512 in3 cross", (1, 2), [(None, None)] + [(c, None) for c in (
+               (64, 128, 4, 2), (32, 128, 4, 2), (64, 64, 4, 3), (32, 64, 4, 2))]),
+           ("sd15-512 mid cross", (1, 2), [(None, None)] + [(c, None) for c in (
+               (64, 128, 4, 2), (32, 128, 4, 2), (32, 64, 4, 2))]),
+           ("sd15-512 mid self", (2,), [(None, None)] + [(c, None) for c in (
+               (64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2))]),
+           ("sdxl-1024 in2 cross", (2,), [(None, None)] + [(c, None) for c in (
+               (128, 128, 8, 2), (128, 128, 4, 2), (64, 128, 4, 2), (128, 64, 8, 3))]),
+           ("sdxl-1024 in3 self", (2,), [(None, None)] + [(c, None) for c in (
+               (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 4), (64, 32, 4, 3),
+               (128, 64, 8, 3), (64, 64, 4, 2))]),
+           ("sdxl-1024 in3 cross", (2,), [(None, None)] + [(c, None) for c in (
+               (128, 128, 8, 2), (64, 128, 4, 2), (32, 128, 4, 2), (128, 64, 4, 3))])],
 }
 CASES = VISITS[os.environ.get("GPU_VARIANTS", "17")]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}

@@ -84,7 +84,8 @@ TABLES = {
 # own, (D0, D1, E0, E1) (flash.Plan); the entry with the largest batch x heads
 # threshold not above the call's is taken. Buckets are powers of two rounded up, so 77 keys -> 128.
 # sm90: kernel-only medians (CUDA graphs) on an H200, torch 2.11 / Triton 3.6, fp16: bench/gpu_triton.py's tile
-# sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*).
+# sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*;
+# visit 18 swept every SD shape at B = 2: where no B = 2 entry exists, the B = 1 winner also won there).
 TUNED: dict = {
     "sm90": {
         (40, 4096, 4096, 1): (TileConfig(128, 64, 8, 3), 1, None),     # sd15-512 in1 self     92.0 us
@@ -93,6 +94,7 @@ TUNED: dict = {
         (64, 4096, 4096, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in2 self    107 us
         (64, 4096, 4096, 16): (TileConfig(128, 64, 8, 3), 1, None),    # ... at B = 2          221 us (64x64: 234)
         (64, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sdxl-1024 in2 cross    10.4 us
+        (64, 4096, 128, 16): (TileConfig(128, 64, 8, 3), 1, None),     # ... at B = 2           15.1 us (w4: 15.8)
         (64, 1024, 1024, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 self     18.7 us
         (64, 1024, 128, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sdxl-1024 in3 cross     6.0 us
         (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, (64, 16, 128, 0)),   # sd15-512 in2 self  13.8 us
@@ -100,6 +102,8 @@ TUNED: dict = {
         (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
         (160, 256, 256, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sd15-512 in3 self       8.1 us
         (160, 64, 64, 1): (TileConfig(32, 32, 4, 2), 1, None),         # sd15-512 mid self       4.3 us
+        (160, 256, 128, 1): (TileConfig(32, 64, 4, 2), 1, None),       # sd15-512 in3 cross      6.2 us
+        (160, 64, 128, 1): (TileConfig(32, 64, 4, 2), 1, None),        # sd15-512 mid cross      6.2 us
     },
     "cuda": {}, "xpu": {}, "interpreter": {},
 }
