@@ -190,7 +190,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
             row["status"] = f"n/a: {one_line(e, 160)}"
     # Interleaved rounds (each method once per round), so that host noise and clock drift fall on all methods
     # alike; the median over rounds is reported. The order rotates every round: a method that always ran right
-    # after a heavy one (torch:math) measured up to 14% slow on an H200 (bench/NOTES_triton.md, visit 15).
+    # after a heavy one (torch:math) measured up to 14% slow on an H200 (bench/NOTES_triton.md, visits 13-16).
     # Python's GC stays off while timing.
     samples = {id(row): [] for row, *_ in timed}
     gc_was = gc.isenabled()

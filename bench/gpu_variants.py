@@ -1,6 +1,6 @@
 """One GPU visit: kernel variants of the Triton flash kernel side by side with torch's SDPA kernels, per shape.
 
-    GPU_VARIANTS=17 PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
+    GPU_VARIANTS=19 PYTHONUNBUFFERED=1 python3 bench/gpu_variants.py > $OUT/variants.txt 2>&1
 
 For the large shapes, where the kernel trails or matches cuDNN (bench/NOTES_triton.md), and D = 80, and for each
 tile configuration x head split (q/k and v/out: the default split, one padded part, or a split q/k with a padded
@@ -40,7 +40,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|17 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration or None for the plan's own choice, head spec or None), ...])
 VISITS = {
     # head splits: the plain split, one padded part, split q/k with a padded v; tiles at B = 1 and 2
@@ -62,7 +62,7 @@ VISITS = {
                                           ((256, 64, 16, 2), HYB80)])],
     # the padded v on the cross-attention shapes (77 keys) against the plain split; tensor descriptors (TMA on
     # Hopper, the XPU path) on the large shapes (a third element "desc")
-    "17": [("sd15-512 in1 cross", (1, 2), [(None, None), ((128, 64, 4, 3), (32, 16)), ((128, 64, 4, 3), HYB40)]),
+    "18": [("sd15-512 in1 cross", (1, 2), [(None, None), ((128, 64, 4, 3), (32, 16)), ((128, 64, 4, 3), HYB40)]),
            ("sd15-512 in2 cross", (1, 2), [(None, None), ((64, 128, 4, 2), (64, 16)), ((64, 128, 4, 2), HYB80)]),
            ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), (128, 32))]),
            ("sd15-512 in1 self", (1, 2), [(None, None), ((128, 64, 8, 3), HYB40, "desc"),
@@ -71,7 +71,7 @@ VISITS = {
                                            ((128, 64, 8, 3), None, "desc")]),
            ("sd15-1024 in1 self", (1,), [(None, None), ((128, 64, 8, 3), HYB40, "desc")])],
     # tiles at B = 2 for the shapes tuned at B = 1 only (and two cross-attentions never tuned)
-    "18": [("sd15-512 in1 cross", (2,), [(None, None)] + [(c, None) for c in (
+    "19": [("sd15-512 in1 cross", (2,), [(None, None)] + [(c, None) for c in (
                (128, 128, 8, 2), (64, 128, 4, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2))]),
            ("sd15-512 in2 self", (2,), [(None, None)] + [(c, HYB80) for c in (
                (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 2), (128, 64, 8, 4))]),
@@ -93,7 +93,7 @@ VISITS = {
            ("sdxl-1024 in3 cross", (2,), [(None, None)] + [(c, None) for c in (
                (128, 128, 8, 2), (64, 128, 4, 2), (32, 128, 4, 2), (128, 64, 4, 3))])],
 }
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "17")]
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "19")]
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 

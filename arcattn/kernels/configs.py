@@ -85,7 +85,7 @@ TABLES = {
 # threshold not above the call's is taken. Buckets are powers of two rounded up, so 77 keys -> 128.
 # sm90: kernel-only medians (CUDA graphs) on an H200, torch 2.11 / Triton 3.6, fp16: bench/gpu_triton.py's tile
 # sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*;
-# visit 18 swept every SD shape at B = 2: where no B = 2 entry exists, the B = 1 winner also won there).
+# visit 19 swept every SD shape at B = 2: where no B = 2 entry exists, the B = 1 winner also won there).
 TUNED: dict = {
     "sm90": {
         (40, 4096, 4096, 1): (TileConfig(128, 64, 8, 3), 1, None),     # sd15-512 in1 self     92.0 us
@@ -121,7 +121,7 @@ def tuned_entry(family: str, D: int, Sq: int, Sk: int, BH: int) -> Optional[tupl
 # v and the output take one padded power-of-two part when q/k's head has a tail (40 -> q/k 32 + 16, v 64):
 # on an H200 (Triton 3.6) one wide P @ V product beat two narrow ones at D = 40 (92.0 vs 94.4 us at B = 1, 175 vs
 # 186 us at B = 2 on sd15-512 in1 self; 7.3 vs 7.7 us on its cross-attention), bench/results/variants_visit11
-# and _visit17. Padding 80 to 128 won on the 1024^2 self-attention (13.8 vs 14.0 us, 19.0 vs 19.8 us) but lost on
+# and _visit18. Padding 80 to 128 won on the 1024^2 self-attention (13.8 vs 14.0 us, 19.0 vs 19.8 us) but lost on
 # its cross-attention (7.9 vs 5.9 us at B = 2: a 128-wide accumulator next to 128-key tiles crowds the
 # registers), so wider pads come only from TUNED entries. Not measured elsewhere: off.
 VALUE_PAD_MAX = {"sm90": 64, "cuda": 0, "xpu": 0, "interpreter": 64}
