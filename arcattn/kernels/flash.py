@@ -12,6 +12,8 @@ What is particular to this kernel:
   window is the *last* D1 columns of the head (24..39 for D = 40), overlapping the first part; q's overlap
   columns are zeroed so the scores count each column once, and the tail's output is stored from column D0 on.
   So no load needs a column mask, and nothing outside the head is ever read or written.
+- v and the output may take their own split (E0, E1): on Hopper one P @ V product over a v padded to 64 lanes
+  (columns past D read as zero, never stored) beat two narrow ones for D = 40 (configs.value_head).
 - Any layout: every tensor is addressed through its (batch, head, seq, dim) strides. The batch/head/row strides
   arrive divided by their common 16-byte alignment (AL) and are multiplied back by that constant, so the
   compiler can prove aligned rows and emit 16-byte / cp.async loads even for a head stride of 40; Triton's own
