@@ -64,12 +64,16 @@ def calibrate(fn: Callable[[int], object], device: torch.device, *, target_ms: f
     return int(min(10000, max(3 if one < 0.02 else 1, target_ms * 1e-3 / one)))
 
 
-def sample_us(fn: Callable[[int], object], device: torch.device, n: int) -> float:
+def sample_us(fn: Callable[[int], object], device: torch.device, n: int, warm: int = 0) -> float:
     """Per-call microseconds of n back-to-back calls. On CUDA bracketed by events, so a CPU-bound stream of
     calls (launch overhead) and a GPU-bound one are both measured as a host sees them; elsewhere by
-    synchronize + perf_counter."""
+    synchronize + perf_counter. warm: untimed calls queued just before the start event (CUDA), so the sample
+    starts in a steady stream of this method's own calls rather than on an idle GPU or one still cooling down
+    from whatever ran before."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for i in range(-warm, 0):  # the sets just before the timed ones: the rotation over inputs goes on
+            fn(i)
         start.record()
         for i in range(n):
             fn(i)
@@ -153,7 +157,7 @@ def methods_for(device: torch.device, H: int, wanted: Optional[set], sample_call
 # ------------------------------------------------------------------------------------------------- one case
 
 def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wanted: Optional[set], reps: int,
-               check: bool) -> list:
+               check: bool, warm: int = 2) -> list:
     from arcattn.call import make_call
     from arcattn.reference import rel_error
 
@@ -200,7 +204,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
             k = r % max(1, len(timed))
             for row, m, fn, n in timed[k:] + timed[:k]:
                 with (m.ctx() if m.ctx else contextlib.nullcontext()):
-                    samples[id(row)].append(sample_us(fn, device, n))
+                    samples[id(row)].append(sample_us(fn, device, n, warm))
     finally:
         if gc_was:
             gc.enable()
@@ -310,6 +314,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp16,bf16", help="fp16, bf16, fp32, comma-separated (default fp16,bf16)")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods (default: all)")
     p.add_argument("--reps", type=int, default=15, help="timed repetitions per method (median reported)")
+    p.add_argument("--warm", type=int, default=2,
+                   help="untimed calls of a method queued right before each of its samples (CUDA; default 2)")
     p.add_argument("--device", default=None, help="default: arcattn's default device (xpu, cuda, cpu)")
     p.add_argument("--json", default=None, help="write all rows (and the environment) to this file")
     p.add_argument("--quick", action="store_true", help="small shapes, batch 1, fp32 on the CPU: seconds")
@@ -384,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{shape['name']}: H={shape['H']} D={shape['D']} Sq={shape['Sq']} Sk={shape['Sk']}", flush=True)
         for B in batches:
             for dtype in dtypes:
-                case_rows = bench_case(shape, B, dtype, device, wanted, reps, not args.no_check)
+                case_rows = bench_case(shape, B, dtype, device, wanted, reps, not args.no_check, args.warm)
                 for r in case_rows:
                     print(format_row(r), flush=True)
                 rows.extend(case_rows)
