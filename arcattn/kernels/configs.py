@@ -251,9 +251,9 @@ def candidates(info: DeviceInfo, head_pad: int) -> tuple:
 
 # Where this kernel measured slower than torch's best SDPA kernel (cuDNN), per device family; the router then
 # leaves those calls to SDPA. sm90, H200, torch 2.11 / Triton 3.6 (bench/RESULTS.md): in the compute-bound regime
-# (Sq * Sk >= 4096^2) cuDNN wins for head dims that are not a multiple of 64 (D = 40: 0.81-0.89x host-style,
-# 0.85-0.94x kernel only) and for D = 64 once batch x heads >= 16 (SDXL B = 2: 0.85-0.87x host-style, 0.91-0.97x
-# kernel only); every smaller SD shape measured 1.2-1.7x for Triton.
+# (Sq * Sk >= 4096^2) cuDNN wins for head dims that are not a multiple of 64 (D = 40: 0.85-0.89x host-style,
+# 0.87-0.94x kernel only) and for D = 64 once batch x heads >= 16 (SDXL B = 2: 0.91x host-style, 0.91-0.97x
+# kernel only); every smaller SD shape measured 1.03-1.6x for Triton.
 LARGE_SCORES = 4096 * 4096
 
 
