@@ -272,10 +272,45 @@ def test_value_head_padded_where_measured():
     assert configs.value_head(cuda, 40, (32, 16)) == (32, 16)  # not measured there
     plan = flash.Plan(torch.device(DEV), torch.float16, 1, 2, 33, 47, 40, causal=False, want_lse=False)
     assert (plan.D0, plan.D1, plan.E0, plan.E1) == (32, 16, 64, 0)  # the interpreter follows sm90's rule
+    assert (plan.kwargs_al["E0"], plan.kwargs_al["E1"]) == (64, 0)  # what the kernel is compiled with
     sm90_plan = _sm90_plan(80, Sq=1000, Sk=1000)  # a TUNED entry with v's own split
-    assert (sm90_plan.D0, sm90_plan.D1, sm90_plan.E0, sm90_plan.E1) == (64, 16, 128, 0)
+    assert sm90_plan.heads == (64, 16, 128, 0)
+    assert (sm90_plan.kwargs_al["E0"], sm90_plan.kwargs_al["F1"]) == (128, 128)
+    assert (sm90_plan.kwargs["E0"], sm90_plan.kwargs["E1"]) == (128, 0)  # unaligned strides: one part
     cross = _sm90_plan(80, Sq=1000, Sk=77)
     assert (cross.D0, cross.D1, cross.E0, cross.E1) == (64, 16, 64, 16)
+
+
+def test_head_split_argument_checked():
+    for bad in ((32, 16, 32, 0), (32, 16, 32), (48, 0), (32, 8), (16, 16)):
+        with pytest.raises(ValueError, match="head split"):
+            flash.Plan(torch.device(DEV), torch.float16, 1, 2, 33, 47, 40, causal=False, want_lse=False, head=bad)
+
+
+def test_backend_keeps_the_head_split_when_it_steps_down(rng, monkeypatch):
+    """A plan rebuilt with a smaller tile after an out-of-resources error keeps the head split it was planned
+    with (v's own split included), and the answer stays right."""
+    from triton.runtime.errors import OutOfResources
+    b = arcattn.get_router().backend("triton")
+    assert b.available(), b.unavailable_reason()
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 40, 50, 40, torch.float16)
+    call = make_call(q, k, v, heads=2)
+    e = b._prepare(call)
+    # a split other than the default one (as a TUNED entry can give), which a rebuilt plan must not forget
+    e.plan = flash.Plan(call.device, call.dtype, 1, 2, 40, 50, 40, causal=False, want_lse=False,
+                        config=configs.TileConfig(32, 32, 4, 1), splits=1, head=(32, 16, 32, 16))
+    before = (e.plan.heads, e.plan.config)
+    real, raised = flash.launch, []
+
+    def launch_once_too_big(*a, **kw):
+        if not raised:
+            raised.append(1)
+            raise OutOfResources(1 << 20, 1 << 16, "shared memory")
+        return real(*a, **kw)
+    monkeypatch.setattr(flash, "launch", launch_once_too_big)
+    out = b.run(call)
+    assert raised and e.plan.config != before[1] and e.plan.heads == before[0]
+    check_against_reference(call, out)
 
 
 def _sm90_plan(D, Sq, Sk, B=1, H=8):

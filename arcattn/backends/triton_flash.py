@@ -165,17 +165,17 @@ class TritonBackend(Backend):
         log.debug("triton: %s -> %s", call.describe(), plan.describe())
         return e
 
-    def _new_plan(self, call: AttentionCall, use_desc: bool, config=None, splits=None):
+    def _new_plan(self, call: AttentionCall, use_desc: bool, config=None, splits=None, head=None):
         flash = self._flash
         plan = flash.Plan(call.device, call.dtype, call.B, call.H, call.Sq, call.Sk, call.D, causal=call.causal,
-                          want_lse=call.want_lse, use_descriptors=use_desc, config=config, splits=splits)
+                          want_lse=call.want_lse, use_descriptors=use_desc, config=config, splits=splits, head=head)
         if config is None and os.environ.get("ARCATTN_TRITON_AUTOTUNE") == "1" and not flash.interpreted():
             plan = self._autotune(call, plan, use_desc)
         return plan
 
     def _pointer_plan(self, e: _Entry, call: AttentionCall):
         p = e.plan
-        e.plan_ptr = self._new_plan(call, False, config=p.config, splits=p.splits)
+        e.plan_ptr = self._new_plan(call, False, config=p.config, splits=p.splits, head=p.heads)
         return e.plan_ptr
 
     def _first_launch(self, e, plan, call, q, k, v, out, lse, sq, sk, sv) -> None:
@@ -206,7 +206,7 @@ class TritonBackend(Backend):
                 if c.grf_mode != "256" or "grf_mode" not in str(err):
                     raise
                 smaller = replace(c, grf_mode="large")
-            new = self._new_plan(call, plan.kwargs["USE_DESC"], config=smaller, splits=plan.splits)
+            new = self._new_plan(call, plan.kwargs["USE_DESC"], config=smaller, splits=plan.splits, head=plan.heads)
             if plan is e.plan:
                 e.plan = new
             else:
@@ -224,10 +224,12 @@ class TritonBackend(Backend):
         out, out4 = call.empty_out()
         lse = torch.empty((call.B, call.H, call.Sq), dtype=torch.float32, device=call.device) if call.want_lse else None
         best, best_t = plan, float("inf")
-        for cfg in configs.candidates(info, plan.D0 + plan.D1):
+        # the plan's own choice is a candidate too, and every candidate keeps the plan's head split
+        width = max(plan.D0 + plan.D1, plan.E0 + plan.E1)
+        for cfg in (plan.config,) + tuple(c for c in configs.candidates(info, width) if c != plan.config):
             cand = flash.Plan(call.device, call.dtype, call.B, call.H, call.Sq, call.Sk, call.D,
                               causal=call.causal, want_lse=call.want_lse, use_descriptors=use_desc, config=cfg,
-                              splits=plan.splits)
+                              splits=plan.splits, head=plan.heads)
             try:
                 with _device_guard(call.device):
                     t = triton.testing.do_bench(

@@ -339,10 +339,19 @@ def head_split(D: int, irregular: bool = True) -> tuple:
     return d0, d1
 
 
-def _heads(head: tuple) -> tuple:
+def _heads(head: tuple, D: int) -> tuple:
     """(D0, D1, E0, E1) from a head spec: (D0, D1) splits q/k and v/out alike; (D0, D1, E0, E1) gives v and the
-    output their own (a padded single part for v can beat two narrow products on Hopper)."""
-    return tuple(head) if len(head) == 4 else (head[0], head[1], head[0], head[1])
+    output their own (a padded single part for v can beat two narrow products on Hopper). Each pair must be a
+    power of two >= 16 plus a power-of-two tail >= 16 (or 0) no wider than D, together covering D."""
+    head = tuple(int(x) for x in head)
+    if len(head) not in (2, 4):
+        raise ValueError(f"head split {head}: give (D0, D1) or (D0, D1, E0, E1)")
+    full = head if len(head) == 4 else head + head
+    for a, b in (full[:2], full[2:]):
+        pow2 = lambda x: x >= 16 and x & (x - 1) == 0  # noqa: E731
+        if not pow2(a) or not (b == 0 or (pow2(b) and b <= D)) or a + b < D:
+            raise ValueError(f"head split {head} does not cover head dim {D} with power-of-two parts >= 16")
+    return full
 
 
 class Plan:
@@ -360,7 +369,7 @@ class Plan:
         if head is None:
             d = head_split(D, configs.irregular_tail(info))
             head = d + configs.value_head(info, D, d)
-        self.D0, self.D1, self.E0, self.E1 = _heads(head)
+        self.D0, self.D1, self.E0, self.E1 = _heads(head, D)
         # Calls whose strides are not 16-byte aligned get their own variant: on CUDA one power-of-two part and no
         # tail (Triton 3.6 miscompiled tail dots fed by unaligned loads on Hopper; bench/NOTES_triton.md).
         d0u, d1u = (max(16, 1 << (D - 1).bit_length()), 0) if info.family in ("sm90", "cuda") else (self.D0, self.D1)
@@ -369,7 +378,7 @@ class Plan:
                 info, head_pad=max(self.D0 + self.D1, self.E0 + self.E1), BH=B * H, Sq=Sq, Sk=Sk, causal=causal, D=D)
             splits = auto_splits if splits is None else splits
             if tuned_head is not None and not explicit:
-                self.D0, self.D1, self.E0, self.E1 = _heads(tuned_head)
+                self.D0, self.D1, self.E0, self.E1 = _heads(tuned_head, D)
         splits = max(1, int(splits or 1))
         self.config, self.splits, self.device = config, splits, device
         self.grid = (triton.cdiv(Sq, config.block_m), B * H, splits)
@@ -399,6 +408,11 @@ class Plan:
                      else {})
         self.device_index = device.index if device.index is not None else 0
         self.verified = False
+
+    @property
+    def heads(self) -> tuple:
+        """(D0, D1, E0, E1): the head split of this plan's aligned-stride kernel."""
+        return self.D0, self.D1, self.E0, self.E1
 
     def describe(self) -> str:
         return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
