@@ -4,7 +4,8 @@
 
 For the large shapes, where the kernel trails or matches cuDNN (bench/NOTES_triton.md), and D = 80, and for each
 tile configuration x head split (q/k and v/out: the default split, one padded part, or a split q/k with a padded
-v), and the plan's own choice ("default", from configs.TUNED / the heuristic), this prints and saves (variants.json under $OUT):
+v), and the plan's own choice ("default", from configs.TUNED / the heuristic), this prints and saves
+(variants.json under $OUT):
 - the relative error against a float64 reference on fresh random inputs, output poisoned with NaN first
   (fp16; bf16 too for the default plan), and
 - kernel time per call from CUDA-graph replays, in two interleaved rounds, next to torch SDPA's default choice,

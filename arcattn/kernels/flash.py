@@ -168,7 +168,8 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
 def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d, lo, hi, row0, Sk,
                s_ks, s_kd, s_vs, s_vd, qk_scale,
                D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
-               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
                IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state."""
@@ -273,7 +274,8 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
         rmask = offs_m < Sq
         ws_row = (split * tl.num_programs(1) + bh).to(tl.int64) * Sq + offs_m
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        tl.store(WS + ws_row[:, None] * (E0 + E1) + tl.arange(0, E0)[None, :], acc0 / l_safe[:, None], mask=rmask[:, None])
+        tl.store(WS + ws_row[:, None] * (E0 + E1) + tl.arange(0, E0)[None, :], acc0 / l_safe[:, None],
+                 mask=rmask[:, None])
         if E1 > 0:
             tl.store(WS + ws_row[:, None] * (E0 + E1) + E0 + tl.arange(0, E1)[None, :], acc1 / l_safe[:, None],
                      mask=rmask[:, None])
