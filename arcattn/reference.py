@@ -32,6 +32,31 @@ def attention_reference(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *,
     return out, lse
 
 
+def attention_reference_chunked(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *,
+                                scale: Optional[float] = None, causal: bool = False,
+                                budget_bytes: int = 1 << 29) -> tuple:
+    """attention_reference for full-size shapes: a few query rows of one (batch, head) at a time, so no score
+    block is larger than budget_bytes of float64. Returns (out, lse) in float64, (B, H, Sq, Dv) and (B, H, Sq)."""
+    B, H, Sq, _ = q4.shape
+    Sk = k4.shape[2]
+    out = torch.empty(B, H, Sq, v4.shape[3], dtype=torch.float64, device=q4.device)
+    lse = torch.empty(B, H, Sq, dtype=torch.float64, device=q4.device)
+    rows = max(1, min(Sq, budget_bytes // (Sk * 8)))
+    keys = torch.arange(Sk, device=q4.device)
+    for b in range(B):
+        for h in range(H):
+            for i in range(0, Sq, rows):
+                j = min(Sq, i + rows)
+                mask = None
+                if causal:  # top-left aligned, as attention_reference: query i sees keys 0..i
+                    mask = (keys[None, :] <= torch.arange(i, j, device=q4.device)[:, None])[None, None]
+                o, m = attention_reference(q4[b:b + 1, h:h + 1, i:j], k4[b:b + 1, h:h + 1], v4[b:b + 1, h:h + 1],
+                                           mask=mask, scale=scale)
+                out[b, h, i:j] = o[0, 0]
+                lse[b, h, i:j] = m[0, 0]
+    return out, lse
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere in `out` gives inf, so it can never pass."""
     out = out.detach().double()

@@ -212,35 +212,11 @@ def run_case(c, check=True):
         return None
     out, lse = res if c["lse"] else (res, None)
     call = make_call(q, k, v, heads=heads, layout=c["layout"], causal=c["causal"], want_lse=c["lse"])
-    ref, ref_lse = reference_chunked(call)
-    from arcattn.reference import rel_error
+    from arcattn.reference import attention_reference_chunked, rel_error
+    ref, ref_lse = attention_reference_chunked(call.q4, call.k4, call.v4, scale=call.scale, causal=call.causal)
     err = rel_error(out, call.to_caller(ref))
     lerr = rel_error(lse, ref_lse) if lse is not None else None
     return err, lerr, arcattn.get_router().backend("triton")._entries[call.key].plan.describe()
-
-
-def reference_chunked(call, budget=1 << 29):
-    """The float64 reference, a few query rows of one (batch, head) at a time, so no Sq x Sk matrix is big."""
-    from arcattn.reference import attention_reference
-    q4, k4, v4 = call.q4, call.k4, call.v4
-    B, H, Sq, D = q4.shape
-    Sk = k4.shape[2]
-    out = torch.empty(B, H, Sq, v4.shape[3], dtype=torch.float64, device=q4.device)
-    lse = torch.empty(B, H, Sq, dtype=torch.float64, device=q4.device)
-    rows = max(1, min(Sq, budget // (Sk * 8)))
-    keys = torch.arange(Sk, device=q4.device)
-    for b in range(B):
-        for h in range(H):
-            for i in range(0, Sq, rows):
-                j = min(Sq, i + rows)
-                mask = None
-                if call.causal:
-                    mask = (keys[None, :] <= torch.arange(i, j, device=q4.device)[:, None])[None, None]
-                o, l = attention_reference(q4[b:b + 1, h:h + 1, i:j], k4[b:b + 1, h:h + 1], v4[b:b + 1, h:h + 1],
-                                           mask=mask, scale=call.scale)
-                out[b, h, i:j] = o[0, 0]
-                lse[b, h, i:j] = l[0, 0]
-    return out, lse
 
 
 def tune_setup(job, n_sets=1):

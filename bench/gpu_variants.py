@@ -151,17 +151,9 @@ def compile_one(job):
 
 def reference(call):
     """float64 attention in the caller's layout, a few query rows of one (batch, head) at a time."""
-    from arcattn.reference import attention_reference
-    q4, k4, v4 = call.q4, call.k4, call.v4
-    B, H = q4.shape[:2]
-    ref = torch.empty(q4.shape[:3] + (v4.shape[3],), dtype=torch.float64, device=DEV)
-    rows = max(1, (1 << 28) // (k4.shape[2] * 8))
-    for b in range(B):
-        for h in range(H):
-            for i in range(0, q4.shape[2], rows):
-                ref[b, h, i:i + rows] = attention_reference(q4[b:b + 1, h:h + 1, i:i + rows], k4[b:b + 1, h:h + 1],
-                                                            v4[b:b + 1, h:h + 1], scale=call.scale)[0][0, 0]
-    return call.to_caller(ref)
+    from arcattn.reference import attention_reference_chunked
+    return call.to_caller(attention_reference_chunked(call.q4, call.k4, call.v4, scale=call.scale,
+                                                      budget_bytes=1 << 28)[0])
 
 
 def sdpa_fns(s, B):
