@@ -88,6 +88,22 @@ def sample_us(fn: Callable[[int], object], device: torch.device, n: int, warm: i
     return (time.perf_counter() - t0) * 1e6 / n
 
 
+def host_us(fn: Callable[[], object], device: torch.device, n: int, *, warmup: int = 20, reps: int = 5) -> float:
+    """Host (CPU) microseconds per call: n calls back to back without synchronising (the device work queues up),
+    the median over `reps` such batches, synchronised between batches."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) * 1e6 / n)
+        synchronize(device)
+    return statistics.median(times)
+
+
 def per_call_us(fn: Callable[[int], object], device: torch.device, *, reps: int = 15, target_ms: float = 2.0,
                 warmup: int = 3) -> list:
     """Per-call microseconds, one sample per rep (see sample_us)."""
@@ -245,17 +261,7 @@ def breakdown(shape: dict, B: int, dtype: torch.dtype, device: torch.device, n: 
     sq, sk, sv = call.strides4(q), call.strides4(k), call.strides4(v)
 
     def cpu_us(fn) -> float:
-        for _ in range(20):
-            fn()
-        synchronize(device)
-        best = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best.append((time.perf_counter() - t0) * 1e6 / n)
-            synchronize(device)
-        return statistics.median(best)
+        return host_us(fn, device, n)
 
     launch = lambda: flash.launch(e.plan, q, k, v, out, None, sq, sk, sv, e.so, call.scale, H, Sq, Sk)  # noqa: E731
     res["cpu_api_us"] = cpu_us(lambda: router.run(make_call(q, k, v, heads=H), prefer="triton", strict=True))

@@ -2,29 +2,18 @@
 keeps up: where does a call's host time go, stock diffusers processor vs arcattn's processor per backend."""
 import cProfile
 import pstats
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import arcattn
+from arcattn.bench import host_us
 from arcattn.call import make_call
 from arcattn.env import describe
 
 
 def per_call_us(fn, n=400):
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        ts.append((time.perf_counter() - t0) * 1e6 / n)
-        torch.cuda.synchronize()
-    return statistics.median(ts)
+    return host_us(fn, torch.device("cuda"), n, warmup=50, reps=7)
 
 
 def main():

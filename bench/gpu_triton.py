@@ -527,7 +527,7 @@ def stage_bench(env):
 def stage_launch(env):
     """CPU cost of one launch: Triton's own launcher (JITFunction.run) vs arcattn's cached direct launch, and
     whether both write the same bits."""
-    from arcattn.env import synchronize as sync
+    from arcattn.bench import host_us
     from arcattn.call import make_call
     from arcattn.kernels import flash
     s = shape("sd15-512 mid self")
@@ -547,18 +547,6 @@ def stage_launch(env):
     def arcattn_launch():
         flash.launch(plan, q, k, v, out, None, sq, sk, sv, so, call.scale, H, Sq, Sk)
 
-    def cpu_us(fn, n=2000):
-        for _ in range(50):
-            fn()
-        sync(q.device)
-        res = []
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            res.append((time.perf_counter() - t) * 1e6 / n)
-            sync(q.device)
-        return statistics.median(res)
     out.fill_(float("nan"))
     triton_jit()
     torch.cuda.synchronize()
@@ -566,7 +554,8 @@ def stage_launch(env):
     out.fill_(float("nan"))
     arcattn_launch()
     torch.cuda.synchronize()
-    env["launch"] = {"triton_jit_us": cpu_us(triton_jit), "arcattn_launch_us": cpu_us(arcattn_launch),
+    env["launch"] = {"triton_jit_us": host_us(triton_jit, q.device, 2000, warmup=50),
+                     "arcattn_launch_us": host_us(arcattn_launch, q.device, 2000, warmup=50),
                      "same_bits": bool(torch.equal(ref, out)), "fast_path": bool(plan.fast)}
     log("launch cost:", env["launch"])
 
