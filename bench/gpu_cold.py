@@ -21,36 +21,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from arcattn.bench import graph_us  # noqa: E402
 from bench.gpu_variants import SHAPES, inputs  # noqa: E402
+
+DEV = torch.device("cuda")
 
 N = 16
 CASES = [("sd15-512 in1 self", (1, 2), [None, (128, 64, 8, 4), (128, 64, 8, 2)]),
          ("sdxl-1024 in2 self", (1, 2), [None, (64, 64, 4, 4), (128, 64, 8, 4)]),
          ("sd15-512 in2 self", (1,), [None])]
-
-
-def graph_us(calls) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls[:3]:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(15):
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / len(calls))
-    return sorted(ts)[len(ts) // 2]
 
 
 def triton_call(s, B, q, k, v, cfg):
@@ -87,9 +66,9 @@ def main():
             res = {m: [] for m in methods}
             for _ in range(2):  # two interleaved rounds, the minimum of each
                 for m, make in methods.items():
-                    warm = [make(*sets[0])] * N
                     rot = [make(*x) for x in sets]
-                    res[m].append((graph_us(warm), graph_us(rot)))
+                    res[m].append((graph_us(make(*sets[0]), DEV, calls=N),
+                                   graph_us(lambda rot=rot: [c() for c in rot], DEV, calls=1) / N))
             for m, r in res.items():
                 w, c = min(x[0] for x in r), min(x[1] for x in r)
                 print(f"{name} B={B} {m:28s} warm {w:8.1f} us  rotating {c:8.1f} us  (+{c - w:.1f})", flush=True)
