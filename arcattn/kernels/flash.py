@@ -182,6 +182,23 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
     return acc0, acc1, m_i, l_i
 
 
+@triton.jit
+def _finish(o_base, o0d, o1d, LSE, a0, a1, m, l, bh, row0, Sq, s_os, s_od,
+            D: tl.constexpr, E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr,
+            WRITE_LSE: tl.constexpr, USE_DESC: tl.constexpr):
+    """Store the rows' output a / l (both parts of v's split) in the caller's dtype, and their natural-log
+    log-sum-exp from the base-2 maximum m and sum l."""
+    inv = 1.0 / l
+    _store(o_base, o0d, (a0 * inv[:, None]).to(o_base.dtype.element_ty), row0, Sq, s_os, s_od,
+           BLOCK_M, E0, 0, D, 0, USE_DESC)
+    if E1 > 0:
+        _store(o_base, o1d, (a1 * inv[:, None]).to(o_base.dtype.element_ty), row0, Sq, s_os, s_od,
+               BLOCK_M, E1, F1, D, E0, USE_DESC)
+    if WRITE_LSE:
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, (m + tl.math.log2(l)) * _LN2, mask=offs_m < Sq)
+
+
 @triton.jit(do_not_specialize=["qk_scale", "H", "Sq", "Sk"])
 def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               s_qb, s_qh, s_qs, s_qd, s_kb, s_kh, s_ks, s_kd, s_vb, s_vh, s_vs, s_vd, s_ob, s_oh, s_os, s_od,
@@ -262,14 +279,8 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
-        inv = 1.0 / l_i
-        _store(o_base, o0d, (acc0 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-               BLOCK_M, E0, 0, D, 0, USE_DESC)
-        if E1 > 0:
-            _store(o_base, o1d, (acc1 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                   BLOCK_M, E1, F1, D, E0, USE_DESC)
-        if WRITE_LSE:
-            tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=offs_m < Sq)
+        _finish(o_base, o0d, o1d, LSE, acc0, acc1, m_i, l_i, bh, row0, Sq, s_os, s_od,
+                D, E0, E1, F1, BLOCK_M, WRITE_LSE, USE_DESC)
     else:
         # Partial result of this split: normalised output and its log2-sum-exp (-inf for a split with no keys).
         rmask = offs_m < Sq
@@ -307,14 +318,8 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
                 if E1 > 0:
                     o1 += w[:, None] * tl.load(WS + rows[:, None] * (E0 + E1) + E0 + tl.arange(0, E1)[None, :],
                                                mask=rmask[:, None], other=0.0, volatile=True)
-            inv = 1.0 / den
-            _store(o_base, o0d, (o0 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                   BLOCK_M, E0, 0, D, 0, USE_DESC)
-            if E1 > 0:
-                _store(o_base, o1d, (o1 * inv[:, None]).to(O.dtype.element_ty), row0, Sq, s_os, s_od,
-                       BLOCK_M, E1, F1, D, E0, USE_DESC)
-            if WRITE_LSE:
-                tl.store(LSE + row_s, (m + tl.math.log2(den)) * _LN2, mask=rmask)
+            _finish(o_base, o0d, o1d, LSE, o0, o1, m, den, bh, row0, Sq, s_os, s_od,
+                    D, E0, E1, F1, BLOCK_M, WRITE_LSE, USE_DESC)
             tl.atomic_xchg(lock, 0)  # ready for the next launch
 
 
