@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, "bench")
 import unet as U  # noqa: E402
 
-import arcattn  # noqa: E402
 from arcattn.env import describe  # noqa: E402
 
 
