@@ -1,12 +1,29 @@
 """What machine this is: device, torch/Triton/arcattn versions. Printed by doctor, bench and install.py."""
 from __future__ import annotations
 
+import os
 import platform
 from typing import Optional
 
 import torch
 
 from ._version import __version__
+
+
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off switch from the environment: 1/true/yes/on or 0/false/no/off (any case); unset, empty or
+    anything else keeps the default. (scripts/arcattn_forge.py reads ARCATTN_FORGE with the same words itself,
+    because it must decide before importing arcattn.)"""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ON_WORDS:
+        return True
+    if value in OFF_WORDS:
+        return False
+    return default
 
 
 def default_device() -> torch.device:

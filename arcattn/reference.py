@@ -57,6 +57,15 @@ def attention_reference_chunked(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Te
     return out, lse
 
 
+# Bounds on rel_error, per dtype (tests keep their own literal bounds, so that loosening these fails them).
+# Against the float64 reference: a correct kernel stays well inside (worst measured on an H200: fp16 2.9e-4,
+# bf16 2.4e-3, fp32 5.2e-7; bench/RESULTS.md).
+REFERENCE_TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-12}
+# Between two backends that both round (a candidate against SDPA on the same inputs): their errors can add up,
+# so looser than the reference bound.
+AGREEMENT_TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-6}
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere in `out` gives inf, so it can never pass."""
     out = out.detach().double()

@@ -9,11 +9,10 @@ import torch
 from .api import get_router
 from .call import make_call
 from .env import default_device
-from .reference import attention_reference, rel_error
+from .reference import REFERENCE_TOL, attention_reference, rel_error
 
 # (B, H, Sq, Sk, D): a self- and a cross-attention shape with SD-like head dims and ragged lengths
 CASES = ((1, 2, 64, 64, 64), (1, 2, 70, 77, 40))
-TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4}
 
 
 def run_selftest(device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> list:
@@ -42,9 +41,9 @@ def run_selftest(device: Optional[torch.device] = None, dtype: Optional[torch.dt
                     out = b.run(call)
                     err = rel_error(out, ref)
                     entry["rel_error"] = err
-                    entry["ok"] = err < TOLERANCE.get(dtype, 1e-4)
+                    entry["ok"] = err < REFERENCE_TOL.get(dtype, 1e-4)
                     if not entry["ok"]:
-                        entry["reason"] = f"relative error {err:.2e} over {TOLERANCE.get(dtype, 1e-4):.0e}"
+                        entry["reason"] = f"relative error {err:.2e} over {REFERENCE_TOL.get(dtype, 1e-4):.0e}"
                 except Exception as e:  # noqa: BLE001
                     entry["reason"] = f"{type(e).__name__}: {e}"
             results.append(entry)
@@ -52,7 +51,7 @@ def run_selftest(device: Optional[torch.device] = None, dtype: Optional[torch.dt
         d = router.decide(call)
         out = router.run(call)
         err = rel_error(out, ref)
-        ok = err < TOLERANCE.get(dtype, 1e-4)
+        ok = err < REFERENCE_TOL.get(dtype, 1e-4)
         results.append({"backend": f"router->{d.backend.name}", "case": case, "dtype": entry["dtype"], "ok": ok,
                         "rel_error": err, "reason": None if ok else f"relative error {err:.2e}"})
     return results

@@ -26,17 +26,17 @@ import torch
 
 from .call import AttentionCall, make_call
 from .dispatch import one_line
-from .env import synchronize, versions
+from .env import env_flag, synchronize, versions
 from .install_check import cache_dir
+from .reference import AGREEMENT_TOL, rel_error
 
 log = logging.getLogger("arcattn")
 
 CACHE_VERSION = 2  # 2: times are per call in a stream of calls
-TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 2e-2, torch.float32: 1e-3, torch.float64: 1e-6}
 
 
 def policy_from_env() -> str:
-    if os.environ.get("ARCATTN_TUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_flag("ARCATTN_TUNE", True):
         return "priority"
     p = os.environ.get("ARCATTN_POLICY", "auto").strip().lower()
     return p if p in ("auto", "priority") else "auto"
@@ -165,14 +165,14 @@ class MeasuredChooser:
         trial = synthetic_call(call, gen)
         fallback = next((b for b in eligible if b.is_fallback), None)
         ref = _first(fallback.run(trial)) if fallback is not None else None
-        tol = TOLERANCE.get(call.dtype, 1e-3)
+        tol = AGREEMENT_TOL.get(call.dtype, 1e-3)
         times, errors, rejected = {}, {}, {}
         t_start = time.perf_counter()
         for b in eligible:
             try:
                 out = _first(b.run(trial))
                 if ref is not None and b is not fallback:
-                    err = float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+                    err = rel_error(out, ref)
                     errors[b.name] = err
                     if not math.isfinite(err) or err > tol:
                         rejected[b.name] = f"differs from sdpa by {err:.2e} (tolerance {tol:.0e})"

@@ -42,6 +42,8 @@ STAGES = set((os.environ.get("GPU_STAGES") or "env,probe,compile,tune,sweep,benc
 
 import torch  # noqa: E402
 
+from arcattn.reference import REFERENCE_TOL  # noqa: E402
+
 SHAPES = json.load(open(ROOT / "bench" / "shapes.json"))["shapes"]
 EXTRA = [
     {"name": "long self D64", "H": 8, "D": 64, "Sq": 32768, "Sk": 32768},
@@ -55,7 +57,7 @@ if os.environ.get("GPU_SCRIPT_SHAPES"):  # dry runs on the CPU: tiny shapes inst
     SHAPES, EXTRA = _o["shapes"], _o["extra"]
 DEV = os.environ.get("GPU_SCRIPT_DEVICE", "cuda")  # "cpu" (with TRITON_INTERPRET=1) only for dry runs of this script
 DT = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-TOL = {"fp16": 2e-3, "bf16": 1e-2, "fp32": 1e-4}
+TOL = {name: REFERENCE_TOL[dt] for name, dt in DT.items()}
 
 
 TMP = Path(os.environ.get("GPU_TMP", "/tmp/arcattn_gpu"))

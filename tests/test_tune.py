@@ -117,6 +117,19 @@ def test_policy_switches(monkeypatch):
     assert arcattn.get_router().chooser is None
 
 
+@pytest.mark.parametrize("value,default,expected", [
+    ("OFF", True, False), (" no ", True, False), ("0", True, False), ("false", True, False),
+    ("On", False, True), ("yes", False, True), ("1", False, True), ("TRUE", False, True),
+    ("", True, True), ("", False, False), ("maybe", True, True), ("maybe", False, False), (None, True, True)])
+def test_env_flag_words(monkeypatch, value, default, expected):
+    from arcattn.env import env_flag
+    if value is None:
+        monkeypatch.delenv("ARCATTN_TEST_FLAG", raising=False)
+    else:
+        monkeypatch.setenv("ARCATTN_TEST_FLAG", value)
+    assert env_flag("ARCATTN_TEST_FLAG", default) is expected
+
+
 def test_chooser_failure_falls_back_to_priority(rng, caplog):
     def broken(call, eligible):
         raise RuntimeError("out of memory while measuring")

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from ..call import AttentionCall
+from ..env import env_flag
 from .base import Backend
 
 log = logging.getLogger("arcattn")
@@ -93,7 +94,7 @@ class TritonBackend(Backend):
         interp = self._flash.interpreted()
         if dev == "cpu" and not interp:
             reasons.append("Triton runs on the CPU only in its interpreter (TRITON_INTERPRET=1), a test tool")
-        elif dev == "cpu" and os.environ.get("ARCATTN_TRITON_CPU") != "1":
+        elif dev == "cpu" and not env_flag("ARCATTN_TRITON_CPU", False):
             reasons.append("the Triton interpreter is a test tool: it serves CPU calls only with ARCATTN_TRITON_CPU=1")
         if dev != "cpu" and interp:
             reasons.append("TRITON_INTERPRET=1 is set: Triton would interpret, not compile, this GPU call")
@@ -169,7 +170,7 @@ class TritonBackend(Backend):
         flash = self._flash
         plan = flash.Plan(call.device, call.dtype, call.B, call.H, call.Sq, call.Sk, call.D, causal=call.causal,
                           want_lse=call.want_lse, use_descriptors=use_desc, config=config, splits=splits, head=head)
-        if config is None and os.environ.get("ARCATTN_TRITON_AUTOTUNE") == "1" and not flash.interpreted():
+        if config is None and env_flag("ARCATTN_TRITON_AUTOTUNE", False) and not flash.interpreted():
             plan = self._autotune(call, plan, use_desc)
         return plan
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..call import AttentionCall, make_call
+from ..env import env_flag
 from ..reference import rel_error
 from .base import Backend
 
@@ -80,10 +81,6 @@ SYCL_RUNTIME_DIST = "intel-sycl-rt"  # the wheel torch's XPU builds depend on fo
 _SYCL_LIB_NAMES = (re.compile(r"^libsycl\.so\.(\d+)(?:\.\d+)*$"), re.compile(r"^sycl(\d+)\.dll$", re.IGNORECASE))
 _TAGGED_BINARY = re.compile(r"^" + re.escape(MODULE_NAME) + r"\.sycl(\d+)\.")
 _unknown_runtime_logged: set = set()  # "log it once": the reasons already logged in this process
-
-
-def _truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _limit(n: int) -> Optional[int]:
@@ -315,7 +312,7 @@ class XMXBackend(Backend):
         `max_batch` / `max_seq`: declined above these (0 = no limit); default from the environment, else 1 / 2048.
         """
         self.path_arg = path
-        self.allow_cpu_reference = (_truthy(os.environ.get(ENV_ALLOW_CPU_REFERENCE))
+        self.allow_cpu_reference = (env_flag(ENV_ALLOW_CPU_REFERENCE, False)
                                     if allow_cpu_reference is None else bool(allow_cpu_reference))
         self.max_batch = _env_limit(ENV_MAX_BATCH, DEFAULT_MAX_BATCH) if max_batch is None else _limit(max_batch)
         self.max_seq = _env_limit(ENV_MAX_SEQ, DEFAULT_MAX_SEQ) if max_seq is None else _limit(max_seq)

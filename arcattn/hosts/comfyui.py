@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 from typing import Callable, Optional
 
+from ..env import env_flag
 from .common import HostAttention
 
 log = logging.getLogger("arcattn")
@@ -105,7 +105,7 @@ def load(module=None) -> bool:
         log.debug("not running inside ComfyUI: nothing to patch")
         return False
     try:
-        if os.environ.get(ENV_PATCH, "1").strip().lower() not in ("0", "false", "no", "off"):
+        if env_flag(ENV_PATCH, True):
             patch(module)
         else:
             log.info("%s=0: ComfyUI attention left as it is (the Arc Attention node still works per model)",

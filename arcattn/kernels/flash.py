@@ -36,7 +36,6 @@ The launcher (`Plan`, `launch`, `flash_attention`) is below the kernel.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Optional
 
@@ -44,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..env import env_flag
 from . import configs
 
 try:  # the interpreter (TRITON_INTERPRET=1) replaces @triton.jit functions by InterpretedFunction
@@ -412,7 +412,7 @@ class Plan:
         self.kwargs_al_scale_first = dict(self.kwargs_al, SCALE_FIRST=True)
         # direct launches of the cached compiled kernel (not in the interpreter, not for tensor-descriptor
         # kernels, whose global scratch only Triton's launcher allocates; ARCATTN_TRITON_FAST_LAUNCH=0: off)
-        self.fast = (None if interp or use_desc or os.environ.get("ARCATTN_TRITON_FAST_LAUNCH") == "0"
+        self.fast = (None if interp or use_desc or not env_flag("ARCATTN_TRITON_FAST_LAUNCH", True)
                      else {})
         self.device_index = device.index if device.index is not None else 0
         self.verified = False
