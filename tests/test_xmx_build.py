@@ -1,7 +1,6 @@
 """extension/build.py and the contracts between the native sources and the Python loader."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,16 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def build():
-    spec = importlib.util.spec_from_file_location("arcattn_extension_build", ROOT / "extension" / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def cpu_binary(build):
-    return build.build_cpu_reference(quiet=True)
+def build(extension_build):
+    return extension_build
 
 
 def test_abi_version_agrees_everywhere(cpu_binary):
@@ -319,11 +310,8 @@ def test_cmake_route_builds_a_loadable_cpu_reference(tmp_path):
 
 # -- extension/check_binary.py: what CI asserts about a SYCL binary ----------------------------------------------
 @pytest.fixture(scope="module")
-def checker():
-    spec = importlib.util.spec_from_file_location("arcattn_check_binary", ROOT / "extension" / "check_binary.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def checker(repo_module):
+    return repo_module("arcattn_check_binary", "extension/check_binary.py")
 
 
 READELF = """

@@ -10,7 +10,6 @@ SYCL build has never been compiled here.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,18 +24,9 @@ HEAD_DIMS = (40, 64, 80, 128, 160)
 TOL = {torch.float16: 1.5e-3, torch.bfloat16: 1e-2}
 
 
-def _build_module():
-    spec = importlib.util.spec_from_file_location("arcattn_extension_build", ROOT / "extension" / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def backend():
-    build = _build_module()
-    path = build.build_cpu_reference(quiet=True)  # a no-op when tests/run.sh already built it
-    b = XMXBackend(path, allow_cpu_reference=True, max_batch=0, max_seq=0)
+def backend(cpu_binary):
+    b = XMXBackend(cpu_binary, allow_cpu_reference=True, max_batch=0, max_seq=0)
     assert b.unavailable_reason() is None, b.unavailable_reason()
     assert b.kind == "cpu-reference" and b.device_types == ("cpu",)
     return b

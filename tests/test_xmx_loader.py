@@ -32,14 +32,6 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def cpu_binary() -> Path:
-    spec = importlib.util.spec_from_file_location("arcattn_extension_build", ROOT / "extension" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    return build.build_cpu_reference(quiet=True)
-
-
 def _fake(tmp_path: Path, body: str, name: str = "_xmx.py") -> Path:
     """A stand-in binary: the loader imports whatever file it is pointed at, so a .py module can play one."""
     p = tmp_path / name
