@@ -152,7 +152,9 @@ CANDIDATES = {
 # Query tiles are never shrunk below this (sm90: below 64 rows the kernel leaves the wgmma path).
 MIN_BLOCK_M = {"sm90": 32, "cuda": 32, "xpu": 32, "interpreter": 16}
 # The grid should hold at least this many programs per unit before we accept it as "filling the device".
-# (sm90: measured, small grids of 64-row tiles beat twice as many 32-row tiles down to ~0.2 waves.)
+# (sm90: measured, small grids of 64-row tiles beat twice as many 32-row tiles down to ~0.2 waves; splitting the
+# keys of SD1.5's small-grid shapes (16-128 programs) measured slower on every shape too, bench/results/
+# variants_visit25: the merge epilogue costs registers, and these calls are latency-bound, not short of SMs.)
 WAVES = {"sm90": 0.2, "cuda": 0.25, "xpu": 2.0, "interpreter": 0.0}
 MAX_SPLITS = 16
 # Irregular head tails (D0 + D1 > D, e.g. 40 = 32 + an overlapping 16). On an H200 with Triton 3.6 every split
