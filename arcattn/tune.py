@@ -55,10 +55,9 @@ def bucket_key(call: AttentionCall) -> str:
             f"{' causal' if call.causal else ''}{' lse' if call.want_lse else ''}")
 
 
-def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 5, batch: int = 10) -> float:
-    """Microseconds per call of fn() in a stream of back-to-back calls, as a UNet makes them: the median over
-    `reps` batches of `batch` calls, synchronised only around each batch. That is max(host time, device time)
-    per call; a sync per call would add the round trip to every call and blur the small shapes together."""
+def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: int, batch: int) -> list:
+    """Microseconds per call of fn(), one sample per batch of `batch` back-to-back calls, synchronised only
+    around each batch (after `warmup` untimed calls)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -69,7 +68,14 @@ def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 
             fn()
         synchronize(device)
         times.append((time.perf_counter() - t0) * 1e6 / batch)
-    return statistics.median(times)
+    return times
+
+
+def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 5, batch: int = 10) -> float:
+    """Microseconds per call of fn() in a stream of back-to-back calls, as a UNet makes them: the median over
+    `reps` batches of `batch` calls. That is max(host time, device time) per call; a sync per call would add
+    the round trip to every call and blur the small shapes together."""
+    return statistics.median(stream_samples_us(fn, device, warmup=warmup, reps=reps, batch=batch))
 
 
 def _like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 import arcattn
 from arcattn.env import default_device, describe, synchronize, versions
-from arcattn.tune import MeasuredChooser
+from arcattn.tune import MeasuredChooser, stream_samples_us
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
@@ -40,15 +40,8 @@ MODELS = {"sd15": (SD15, 64, 768), "sdxl": (SDXL, 128, 2048)}
 
 
 def median_ms(fn, device, warmup=3, reps=10):
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
+    """(median, min, max) ms of one synchronised call of fn()."""
+    times = [t / 1e3 for t in stream_samples_us(fn, device, warmup=warmup, reps=reps, batch=1)]
     return statistics.median(times), min(times), max(times)
 
 
