@@ -10,15 +10,12 @@ SYCL build has never been compiled here.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from arcattn.backends.xmx import DTYPE_CODES, XMXBackend
 from arcattn.reference import attention_reference, rel_error
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAD_DIMS = (40, 64, 80, 128, 160)
 # Measured: ~3e-4 (fp16) and ~2e-3 (bf16) against float64; a wrong tile, tail or head gives errors of order 1.
 TOL = {torch.float16: 1.5e-3, torch.bfloat16: 1e-2}

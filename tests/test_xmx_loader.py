@@ -21,7 +21,6 @@ from arcattn.backends.xmx import XMXBackend
 from arcattn.call import make_call
 from arcattn.reference import attention_reference, rel_error
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = ("ARCATTN_XMX_PATH", "ARCATTN_XMX_ALLOW_CPU_REFERENCE", "ARCATTN_XMX_MAX_BATCH", "ARCATTN_XMX_MAX_SEQ",
        "ARCATTN_DISABLE", "ARCATTN_BACKEND")
 
