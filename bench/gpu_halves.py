@@ -75,6 +75,42 @@ def _halves_fwd(Q, K, V, O, S, qk_scale, HALF: tl.constexpr, BN: tl.constexpr, D
         tl.store(O + base + (ra + HALF)[:, None] * D + cols[None, :], (acc_b / l_b[:, None]).to(O.dtype.element_ty))
 
 
+@triton.jit
+def _key_halves_fwd(Q, K, V, O, S, qk_scale, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+    """One query tile, its keys as two halves (0..S/2, S/2..S) folded into two states in one loop, merged in
+    registers at the end: the two halves' chains are independent, like query halves, without fewer programs."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.arange(0, D)
+    base = bh * S * D
+    q = tl.load(Q + base + rows[:, None] * D + cols[None, :])
+    acc_a = tl.zeros([BM, D], tl.float32)
+    m_a = tl.full([BM], float("-inf"), tl.float32)
+    l_a = tl.zeros([BM], tl.float32)
+    acc_b, m_b, l_b = acc_a, m_a, l_a
+    half = S // 2
+    for n0 in range(0, half, BN):
+        ka = n0 + tl.arange(0, BN)
+        kb = ka + half
+        s_a = tl.dot(q, tl.trans(tl.load(K + base + ka[:, None] * D + cols[None, :])))
+        s_b = tl.dot(q, tl.trans(tl.load(K + base + kb[:, None] * D + cols[None, :])))
+        acc_a, m_a, l_a = _fold_half(s_a, tl.load(V + base + ka[:, None] * D + cols[None, :]), acc_a, m_a, l_a,
+                                     qk_scale)
+        acc_b, m_b, l_b = _fold_half(s_b, tl.load(V + base + kb[:, None] * D + cols[None, :]), acc_b, m_b, l_b,
+                                     qk_scale)
+    m = tl.maximum(m_a, m_b)
+    wa = tl.math.exp2(m_a - m)
+    wb = tl.math.exp2(m_b - m)
+    out = (acc_a * wa[:, None] + acc_b * wb[:, None]) / (l_a * wa + l_b * wb)[:, None]
+    tl.store(O + base + rows[:, None] * D + cols[None, :], out.to(O.dtype.element_ty))
+
+
+def key_halves(q, k, v, out, bm, bn, warps, stages):
+    BH, S, D = q.shape
+    _key_halves_fwd[(S // bm, BH)](q, k, v, out, S, D ** -0.5 * 1.4426950408889634, BM=bm, BN=bn, D=D,
+                                   num_warps=warps, num_stages=stages)
+
+
 def halves(q, k, v, out, half, bn, warps, stages, two):
     BH, S, D = q.shape
     rows = 2 * half if two else half
@@ -86,7 +122,9 @@ def halves(q, k, v, out, half, bn, warps, stages, two):
 VARIANTS = [(128, 64, 8, 3, False), (64, 64, 4, 3, False), (64, 64, 4, 3, True), (64, 128, 4, 2, True),
             (64, 128, 4, 3, True), (64, 128, 4, 2, False), (32, 128, 4, 2, True), (64, 64, 4, 4, True)]
 SHAPES = [("sd15-512 in1 self, head padded 40->64", 8, 4096), ("sdxl-1024 in2 self", 10, 4096),
-          ("sdxl-1024 in3 self", 20, 1024)]
+          ("sdxl-1024 in3 self", 20, 1024), ("H 8 1024^2 (sd15-512 in2 self's grid at D 64)", 8, 1024)]
+# visit 31: keys in two halves, (BM, BN, warps, stages)
+KEY_VARIANTS = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 2)]
 
 
 def production_rows():
@@ -171,6 +209,17 @@ def main():
                     errs[label] = rel_error(out[:2], ref)
                     if errs[label] < 2e-3:
                         fns[label] = (lambda var=var, out=out: halves(q, k, v, out, *var))
+                except Exception as e:  # noqa: BLE001
+                    errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
+            for var in KEY_VARIANTS:
+                label = "key halves %dx%d w%d s%d" % var
+                out = torch.full_like(q, float("nan"))
+                try:
+                    key_halves(q, k, v, out, *var)
+                    torch.cuda.synchronize()
+                    errs[label] = rel_error(out[:2], ref)
+                    if errs[label] < 2e-3:
+                        fns[label] = (lambda var=var, out=out: key_halves(q, k, v, out, *var))
                 except Exception as e:  # noqa: BLE001
                     errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
             times = {lab: [] for lab in fns}

@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|28 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -111,20 +111,9 @@ VISITS["25"] = [
     ("sdxl-1024 in3 self", (1,), [(None, None)] + [(c, None) for c in (
         (64, 64, 4, 3, 2), (128, 64, 8, 3, 2), (64, 128, 4, 3, 2))]),
 ]
-# kernel switches (a dict after the head spec; configs.SWITCHES): the row sums on the tensor cores (p @ ones) and
-# q's overlapping tail zeroed by its load, on the large shapes and beside the plan's own choice elsewhere
-RS, QT, RSQT = {"ROWSUM": 16}, {"QTAIL_LOAD": True}, {"ROWSUM": 16, "QTAIL_LOAD": True}
-VISITS["28"] = [
-    ("sd15-512 in1 self", (1, 2), [(None, None), (None, None, RS), (None, None, QT), (None, None, RSQT),
-                                   ((128, 64, 8, 4), HYB40, RSQT), ((64, 64, 4, 3), HYB40, RSQT),
-                                   ((128, 64, 8, 3), (64, 0, 64, 0), RS), ((128, 32, 8, 3), HYB40, RSQT)]),
-    ("sd15-1024 in1 self", (1,), [(None, None), (None, None, RS), (None, None, RSQT)]),
-    ("sdxl-1024 in2 self", (1, 2), [(None, None), (None, None, RS), ((128, 64, 8, 3), None, RS)]),
-    ("sdxl-1024 in3 self", (1, 2), [(None, None), (None, None, RS)]),
-    ("sd15-512 in2 self", (1, 2), [(None, None), (None, None, RS)]),
-    ("sd15-512 in1 cross", (1, 2), [(None, None), (None, None, RS), (None, None, RSQT)]),
-]
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "28")]
+# Visit 28 (kernel switches ROWSUM / QTAIL_LOAD, given as a dict after the head spec) ran at commit 2b26a56; the
+# switches were removed after it (bench/NOTES_triton.md), and its case list with them.
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "25")]
 
 
 def sync():
@@ -143,24 +132,19 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def plan_for(s, B, dtype, cfg, head, desc=False, switches=None):
+def plan_for(s, B, dtype, cfg, head, desc=False):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
                       want_lse=False, config=configs.TileConfig(*cfg[:4]) if cfg else None,
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
-                      use_descriptors=desc or None, switches=switches)
+                      use_descriptors=desc or None)
 
 
-def extras(more):
-    """(desc, switches) from the elements after a variant's head spec: "desc" and / or a dict of switches."""
-    return "desc" in more, next((m for m in more if isinstance(m, dict)), None)
-
-
-def runner(s, B, dtype, cfg, head, seed=0, desc=False, switches=None):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head, desc, switches)
+    plan = plan_for(s, B, dtype, cfg, head, desc)
     if desc:
         flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
@@ -174,10 +158,9 @@ def runner(s, B, dtype, cfg, head, seed=0, desc=False, switches=None):
 
 
 def compile_one(job):
-    name, B, dt, cfg, head, *more = job
-    desc, switches = extras(more)
+    name, B, dt, cfg, head, *desc = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc=desc, switches=switches)[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc=bool(desc))[0]
         fn()
         sync()
         return None
@@ -212,7 +195,7 @@ def sdpa_fns(s, B):
 
 
 def cfg_is_default(row):
-    return row.get("cfg") is None and "plan" in row and not row.get("switches")
+    return row.get("cfg") is None and "plan" in row
 
 
 def shape_main(name):
@@ -225,14 +208,13 @@ def shape_main(name):
         fns = {}
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
-        for cfg, head, *more in variants:
-                desc, switches = extras(more)
-                label = ((f"{cfg} head={head or 'split'}" + (" desc" if desc else "")) if cfg else "default") + (
-                    " " + ",".join(f"{k}={v}" for k, v in switches.items()) if switches else "")
-                row = dict(shape=name, B=B, cfg=cfg, head=head, switches=switches, label=label)
+        for cfg, head, *desc in variants:
+                desc = bool(desc)
+                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "")) if cfg else "default"
+                row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
                     for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, switches=switches)
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -246,7 +228,7 @@ def shape_main(name):
                         if not err < REFERENCE_TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, switches=switches)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)
@@ -270,7 +252,7 @@ def shape_main(name):
                 row["vs_cudnn"] = cudnn / best[label]
             log(f"{name} B={B} {label}: " + (f"{row['us']:.1f} us  x{row['vs_cudnn']:.2f} of cuDNN" if "us" in row
                                             else "") + "".join(f"  {k}={row[k]:.1e}" for k in row if k.startswith("err_"))
-                + (f"  [{row['plan']}]" if row.get("cfg") is None and "plan" in row else "")
+                + (f"  [{row['plan']}]" if cfg_is_default(row) else "")
                 + (f"  regs={row.get('regs')} spills={row.get('spills')}" if "regs" in row else "")
                 + ("  WRONG" if row.get("wrong") else "") + (f"  {row['error']}" if "error" in row else ""))
     json.dump(rows, open(OUT / f"v_{name.replace(' ', '_')}.json", "w"), indent=1, default=str)

@@ -164,22 +164,6 @@ MAX_SPLITS = 16
 IRREGULAR_TAIL = {"sm90": True, "cuda": True, "xpu": False, "interpreter": True}
 
 
-SWITCHES = {"ROWSUM": 0, "QTAIL_LOAD": False}  # flash._attn_fwd's variant switches and their defaults
-
-
-def kernel_switches(info: "DeviceInfo", D: int, value_head: tuple, given: Optional[dict] = None) -> dict:
-    """The kernel's variant switches for this call: SWITCHES, then `given` (experiments). ROWSUM is 0 or a
-    width >= 16 (the p @ ones product's columns)."""
-    out = dict(SWITCHES)
-    for k, v in (given or {}).items():
-        if k not in out:
-            raise ValueError(f"unknown kernel switch {k!r}; known: {sorted(out)}")
-        out[k] = type(out[k])(v)
-    if out["ROWSUM"] not in (0, 16, 32, 64):
-        raise ValueError(f"ROWSUM={out['ROWSUM']}: give 0 (off) or 16, 32, 64")
-    return out
-
-
 def irregular_tail(info: "DeviceInfo") -> bool:
     env = os.environ.get("ARCATTN_TRITON_IRREGULAR_TAIL")  # experiments: 1 / 0 overrides the table
     if env in ("0", "1"):

@@ -130,10 +130,9 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
           D: tl.constexpr, E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
           MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, ROWSUM: tl.constexpr):
+          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold the scores qk of keys n0..n0+BLOCK_N into the running state. m_i is the running row maximum of
-    the scaled scores in base 2, l_i the row sum of exp2(score - m_i). E0/E1/F1: the split of v's head.
-    ROWSUM > 0: l_i is (BLOCK_M, ROWSUM), every column the row sum, taken by the tensor cores as p @ ones."""
+    the scaled scores in base 2, l_i the row sum of exp2(score - m_i). E0/E1/F1: the split of v's head."""
     if SCALE_FIRST:  # scale <= 0: scale before masking, so masked scores stay -inf
         qk = qk * qk_scale
     if MASKED:
@@ -155,15 +154,9 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
         x = qk * qk_scale - m_use[:, None]
     p = tl.math.exp2(x)
     alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
     v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, E0, 0, D, MASKED, USE_DESC)
-    if ROWSUM > 0:
-        # Takes the sum's adds (a third of the vector work per score after the exp) off the vector units, onto
-        # tensor cores idle at this head size; it sums the same rounded p that multiplies v.
-        p = p.to(v0.dtype)
-        l_i = _mma(p, tl.full([BLOCK_N, ROWSUM], 1.0, v0.dtype), l_i * alpha[:, None], IEEE, UPCAST)
-    else:
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(v0.dtype)
+    p = p.to(v0.dtype)
     acc0 = _mma(p, v0, acc0 * alpha[:, None], IEEE, UPCAST)
     if E1 > 0:
         v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, E1, F1, D, MASKED, USE_DESC)
@@ -178,14 +171,14 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, ROWSUM: tl.constexpr):
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state."""
     for n0 in range(lo, hi, BLOCK_N):
         qk = _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED,
                      IEEE, UPCAST, USE_DESC)
         acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
                                      qk_scale, D, E0, E1, F1, BLOCK_M, BLOCK_N, MASKED, CAUSAL, SCALE_FIRST,
-                                     EMPTY_ROWS, IEEE, UPCAST, USE_DESC, ROWSUM)
+                                     EMPTY_ROWS, IEEE, UPCAST, USE_DESC)
     return acc0, acc1, m_i, l_i
 
 
@@ -213,7 +206,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr, ROWSUM: tl.constexpr, QTAIL_LOAD: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -267,35 +260,22 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     q1 = q0  # stand-ins when the head has no tail
     acc1 = acc0
     if D1 > 0:
-        if C1 < D0 and QTAIL_LOAD and not USE_DESC:
-            # the tail window overlaps the first part: count those columns once in the scores. Read as zero by
-            # the load itself, q1 stays a loaded tile, which Triton can hand to the tensor cores from shared memory
-            rows = row0 + tl.arange(0, BLOCK_M)
-            cols = C1 + tl.arange(0, D1)
-            q1 = tl.load(q_base + rows[:, None] * s_qs + cols[None, :] * s_qd,
-                         mask=(rows[:, None] < Sq) & (cols[None, :] >= D0), other=0.0)
-        else:
-            q1 = _load(q_base, q1d, row0, Sq, s_qs, s_qd, BLOCK_M, D1, C1, D, True, USE_DESC)
-            if C1 < D0:  # the tail window overlaps the first part: count those columns once in the scores
-                q1 = tl.where((C1 + tl.arange(0, D1))[None, :] >= D0, q1, 0.0)
+        q1 = _load(q_base, q1d, row0, Sq, s_qs, s_qd, BLOCK_M, D1, C1, D, True, USE_DESC)
+        if C1 < D0:  # the tail window overlaps the first part: count those columns once in the scores
+            q1 = tl.where((C1 + tl.arange(0, D1))[None, :] >= D0, q1, 0.0)
     if E1 > 0:
         acc1 = tl.zeros([BLOCK_M, E1], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    if ROWSUM > 0:
-        l_i = tl.zeros([BLOCK_M, ROWSUM], tl.float32)
-    else:
-        l_i = tl.zeros([BLOCK_M], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
 
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       lo, mid, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
-                                      SPLITS > 1, IEEE, UPCAST, USE_DESC, ROWSUM)
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       mid, hi, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST,
-                                      SPLITS > 1, IEEE, UPCAST, USE_DESC, ROWSUM)
-    if ROWSUM > 0:
-        l_i = tl.max(l_i, 1)
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
@@ -386,13 +366,11 @@ class Plan:
     """Everything about a launch that depends only on the call's signature, computed once."""
 
     __slots__ = ("grid", "kwargs", "kwargs_scale_first", "kwargs_al", "kwargs_al_scale_first", "align", "config",
-                 "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified",
-                 "switches")
+                 "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
-                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None,
-                 switches: Optional[dict] = None):
+                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
         info = configs.device_info(device.type, device.index or 0, interpreted())
         # `head` overrides the split: (D0, D1) for q/k and v/out alike, or (D0, D1, E0, E1) with v/out's own
         explicit = head is not None
@@ -419,12 +397,9 @@ class Plan:
         def tail_start(d0, d1):
             # the tail window: the last d1 columns of the head when d0 + d1 > D (no column masks), else after d0
             return D - d1 if (d1 and d0 + d1 > D) else d0
-        # kernel variants (ROWSUM: row sums on the tensor cores; QTAIL_LOAD: q's overlapping tail zeroed by its
-        # load): the family's choice, or given (experiments)
-        self.switches = configs.kernel_switches(info, D, (self.E0, self.E1), switches)
         common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal),
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
-                      UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc), **self.switches,
+                      UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
                       **({} if interp else config.options()))
         # unaligned strides: AL = 1
         self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=d0u, E1=d1u,
@@ -450,9 +425,7 @@ class Plan:
     def describe(self) -> str:
         return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
                 + (f" v={self.E0}+{self.E1}" if (self.E0, self.E1) != (self.D0, self.D1) else "")
-                + (" desc" if self.kwargs["USE_DESC"] else "")
-                + (f" rowsum{self.switches['ROWSUM']}" if self.switches["ROWSUM"] else "")
-                + (" qtail-load" if self.switches["QTAIL_LOAD"] else ""))
+                + (" desc" if self.kwargs["USE_DESC"] else ""))
 
 
 _locks: dict = {}
@@ -537,7 +510,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
-           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "ROWSUM", "QTAIL_LOAD")  # the kernel's constexpr parameters, in order
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
@@ -594,8 +567,7 @@ def descriptors_ok(tensors_and_strides, element_size: int) -> bool:
 def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, scale: Optional[float] = None,
                     causal: bool = False, return_lse: bool = False, out4: Optional[torch.Tensor] = None,
                     config: Optional[configs.TileConfig] = None, splits: Optional[int] = None,
-                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None,
-                    switches: Optional[dict] = None):
+                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
     """Attention on (B, H, S, D) tensors of any strides (tests, benchmarks). Writes into `out4` when given.
     Returns out4, or (out4, lse) with lse fp32 (B, H, Sq)."""
     B, H, Sq, D = q4.shape
@@ -610,7 +582,7 @@ def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, sca
         use_descriptors = info.use_descriptors and descriptors_ok(
             [(t, t.stride()) for t in (q4, k4, v4, out4)], q4.element_size())
     plan = Plan(q4.device, q4.dtype, B, H, Sq, Sk, D, causal=causal, want_lse=return_lse, config=config,
-                splits=splits, use_descriptors=use_descriptors, head=head, switches=switches)
+                splits=splits, use_descriptors=use_descriptors, head=head)
     launch(plan, q4, k4, v4, out4, lse, q4.stride(), k4.stride(), v4.stride(), out4.stride(), float(scale),
            H, Sq, Sk)
     return (out4, lse) if return_lse else out4
