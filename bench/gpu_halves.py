@@ -1,4 +1,4 @@
-"""Go / no-go probe (visit 29): two independent query halves per program, interleaved in one key loop.
+"""Go / no-go probe (visits 29-31): two independent streams of work per program, interleaved in one key loop.
 
 Compiled for sm_90 here, a loop that folds two query halves (A, B) into their own online-softmax state with the
 same K/V tile compiles to: QK(A) -> wait -> softmax(A) with QK(B) in flight on the tensor cores -> softmax(B)
@@ -6,11 +6,13 @@ with PV(A) in flight -> PV(B). That is the overlap cuDNN / FA3 get from two cons
 here inside one warpgroup, with no warp specialisation. The production kernel serialises QK -> softmax -> PV per
 warpgroup and is latency bound (bench/NOTES_triton.md, visits 10-18).
 
-This probe is a minimal kernel (contiguous (B*H, S, 64) fp16, no masks, S a multiple of the tile) run both ways
-on the shapes where the production kernel trails cuDNN, beside torch's SDPA and the production kernel; each
-variant is checked against a float64 reference first (output poisoned with NaN).
+This probe is a minimal kernel (contiguous (B*H, S, 64) fp16, no masks, S a multiple of the tile) run with one
+query tile, two query halves (visit 29) and one tile whose keys run as two halves (visit 31), beside torch's SDPA
+and the production kernel; and (stage "prod", visit 30) the production kernel on one problem in three memory
+layouts. Each variant is checked against a float64 reference first (output poisoned with NaN). The two-stream
+idea did not carry over to the production kernel (visit 32, bench/NOTES_triton.md).
 
-    PYTHONUNBUFFERED=1 python3 bench/gpu_halves.py > $OUT/halves.txt 2>&1
+    HALVES_STAGES=prod,probe PYTHONUNBUFFERED=1 python3 bench/gpu_halves.py > $OUT/halves.txt 2>&1
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|32 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -111,25 +111,11 @@ VISITS["25"] = [
     ("sdxl-1024 in3 self", (1,), [(None, None)] + [(c, None) for c in (
         (64, 64, 4, 3, 2), (128, 64, 8, 3, 2), (64, 128, 4, 3, 2))]),
 ]
-# keys in two streams per program (TileConfig.key_halves, "kh" after the head spec) on the shapes whose key loops
-# are short or whose grids leave SMs idle, beside the same tiles without
-P80, P40 = (64, 16, 64, 16), HYB40
-VISITS["32"] = [
-    ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), P80), ((64, 64, 4, 3), P80, "kh"),
-                                   ((64, 64, 4, 2), P80, "kh"), ((64, 32, 4, 3), P80, "kh")]),
-    ("sd15-512 in1 cross", (1, 2), [(None, None), ((64, 64, 4, 3), P40), ((64, 64, 4, 3), P40, "kh"),
-                                    ((64, 32, 4, 3), P40, "kh"), ((128, 32, 4, 3), P40, "kh")]),
-    ("sd15-512 in2 cross", (1, 2), [(None, None), ((64, 64, 4, 3), P80), ((64, 64, 4, 3), P80, "kh"),
-                                    ((64, 32, 4, 3), P80, "kh")]),
-    ("sdxl-1024 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "kh"), ((64, 32, 4, 3), None, "kh")]),
-    ("sdxl-1024 in3 cross", (1, 2), [(None, None), ((64, 64, 4, 3), None, "kh"), ((64, 32, 4, 3), None, "kh")]),
-    ("sdxl-1024 in2 cross", (1, 2), [(None, None), ((64, 64, 4, 3), None), ((64, 64, 4, 3), None, "kh"),
-                                     ((64, 32, 4, 3), None, "kh")]),
-    ("sd15-512 in1 self", (1,), [(None, None), ((64, 64, 4, 3), P40, "kh")]),
-]
 # Visit 28 (kernel switches ROWSUM / QTAIL_LOAD, given as a dict after the head spec) ran at commit 2b26a56; the
 # switches were removed after it (bench/NOTES_triton.md), and its case list with them.
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "32")]
+# Visit 32 (keys in two streams per program, TileConfig.key_halves, "kh" after the head spec) ran at commit 73c99f8;
+# removed after it the same way.
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "25")]
 
 
 def sync():
@@ -148,19 +134,19 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def plan_for(s, B, dtype, cfg, head, desc=False, kh=False):
+def plan_for(s, B, dtype, cfg, head, desc=False):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
-                      want_lse=False, config=configs.TileConfig(*cfg[:4], key_halves=kh) if cfg else None,
+                      want_lse=False, config=configs.TileConfig(*cfg[:4]) if cfg else None,
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
                       use_descriptors=desc or None)
 
 
-def runner(s, B, dtype, cfg, head, seed=0, desc=False, kh=False):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head, desc, kh)
+    plan = plan_for(s, B, dtype, cfg, head, desc)
     if desc:
         flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
@@ -174,9 +160,9 @@ def runner(s, B, dtype, cfg, head, seed=0, desc=False, kh=False):
 
 
 def compile_one(job):
-    name, B, dt, cfg, head, *more = job
+    name, B, dt, cfg, head, *desc = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, kh="kh" in more)[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc=bool(desc))[0]
         fn()
         sync()
         return None
@@ -224,14 +210,13 @@ def shape_main(name):
         fns = {}
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
-        for cfg, head, *more in variants:
-                desc, kh = "desc" in more, "kh" in more
-                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "") + (" kh" if kh else "")
-                         if cfg else "default")
+        for cfg, head, *desc in variants:
+                desc = bool(desc)
+                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "")) if cfg else "default"
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
                     for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, kh=kh)
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -245,7 +230,7 @@ def shape_main(name):
                         if not err < REFERENCE_TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, kh=kh)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)

@@ -36,7 +36,6 @@ class TileConfig:
     num_warps: int
     num_stages: int
     grf_mode: Optional[str] = None  # XPU only: "256" asks IGC for 256 registers per thread
-    key_halves: bool = False  # each program folds its keys as two independent streams (flash._attn_key_pairs)
 
     def options(self) -> dict:
         """Keyword arguments for the Triton launch."""
@@ -47,7 +46,7 @@ class TileConfig:
 
     def short(self) -> str:
         return (f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
-                + (f" grf{self.grf_mode}" if self.grf_mode else "") + (" kh" if self.key_halves else ""))
+                + (f" grf{self.grf_mode}" if self.grf_mode else ""))
 
 
 @dataclass(frozen=True)

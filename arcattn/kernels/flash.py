@@ -183,33 +183,6 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
 
 
 @triton.jit
-def _attn_key_pairs(acc0, acc1, m_i, l_i, acc0b, acc1b, m_b, l_b, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
-                    lo, b_lo, pairs, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
-                    D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
-                    E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, B_MASKED: tl.constexpr, SCALE_FIRST: tl.constexpr,
-                    IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
-    """Fold `pairs` key blocks from lo into state A and as many from b_lo into state B, one of each per step.
-    Both score products are issued before either softmax, so one runs on the tensor cores while the other's
-    softmax runs: two independent dependency chains per warpgroup, where a short key loop has little else to
-    overlap (bench/NOTES_triton.md, visits 29-32). Only B's last block can be partial (B_MASKED)."""
-    for i in range(0, pairs):
-        na = lo + i * BLOCK_N
-        nb = b_lo + i * BLOCK_N
-        qka = _scores(q0, q1, k_base, k0d, k1d, na, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, False,
-                      IEEE, UPCAST, USE_DESC)
-        qkb = _scores(q0, q1, k_base, k0d, k1d, nb, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, B_MASKED,
-                      IEEE, UPCAST, USE_DESC)
-        acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qka, v_base, v0d, v1d, na, row0, Sk, s_vs, s_vd,
-                                     qk_scale, D, E0, E1, F1, BLOCK_M, BLOCK_N, False, False, SCALE_FIRST,
-                                     False, IEEE, UPCAST, USE_DESC)
-        acc0b, acc1b, m_b, l_b = _fold(acc0b, acc1b, m_b, l_b, qkb, v_base, v0d, v1d, nb, row0, Sk, s_vs, s_vd,
-                                       qk_scale, D, E0, E1, F1, BLOCK_M, BLOCK_N, B_MASKED, False, SCALE_FIRST,
-                                       False, IEEE, UPCAST, USE_DESC)
-    return acc0, acc1, m_i, l_i, acc0b, acc1b, m_b, l_b
-
-
-@triton.jit
 def _finish(o_base, o0d, o1d, LSE, a0, a1, m, l, bh, row0, Sq, s_os, s_od,
             D: tl.constexpr, E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr, BLOCK_M: tl.constexpr,
             WRITE_LSE: tl.constexpr, USE_DESC: tl.constexpr):
@@ -233,7 +206,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr, KEY_HALVES: tl.constexpr, B_MASKED: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -295,20 +268,6 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
 
-    if KEY_HALVES:  # (not causal, one split) the key range in two streams: A from lo, B ending at hi
-        nblocks = tl.cdiv(hi - lo, BLOCK_N)
-        pairs = nblocks // 2
-        b_lo = lo + (nblocks - pairs) * BLOCK_N
-        acc0b, acc1b, m_b, l_b = acc0, acc1, m_i, l_i
-        acc0, acc1, m_i, l_i, acc0b, acc1b, m_b, l_b = _attn_key_pairs(
-            acc0, acc1, m_i, l_i, acc0b, acc1b, m_b, l_b, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
-            lo, b_lo, pairs, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale, D, D0, D1, C1, E0, E1, F1,
-            BLOCK_M, BLOCK_N, B_MASKED, SCALE_FIRST, IEEE, UPCAST, USE_DESC)
-        # A's odd block, if any (the only block, possibly partial, when there is just one), below
-        lo = lo + pairs * BLOCK_N
-        hi = tl.minimum(b_lo, hi)
-        mid = lo + (hi - lo) // BLOCK_N * BLOCK_N
-
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       lo, mid, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
@@ -317,16 +276,6 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
                                       mid, hi, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST,
                                       SPLITS > 1, IEEE, UPCAST, USE_DESC)
-    if KEY_HALVES:  # merge B into A (B is empty, max -inf, when there was one key block)
-        m = tl.maximum(m_i, m_b)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        wa = tl.math.exp2(m_i - m)
-        wb = tl.math.exp2(m_b - m)
-        acc0 = acc0 * wa[:, None] + acc0b * wb[:, None]
-        if E1 > 0:
-            acc1 = acc1 * wa[:, None] + acc1b * wb[:, None]
-        l_i = l_i * wa + l_b * wb
-        m_i = m
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
@@ -448,10 +397,7 @@ class Plan:
         def tail_start(d0, d1):
             # the tail window: the last d1 columns of the head when d0 + d1 > D (no column masks), else after d0
             return D - d1 if (d1 and d0 + d1 > D) else d0
-        # keys in two streams per program (config.key_halves): not with a causal mask or key splits
-        halves = bool(config.key_halves) and not causal and splits == 1
         common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal),
-                      KEY_HALVES=halves, B_MASKED=halves and Sk % config.block_n != 0,
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
                       UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
                       **({} if interp else config.options()))
@@ -564,7 +510,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
-           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "KEY_HALVES", "B_MASKED")  # the kernel's constexpr parameters, in order
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
