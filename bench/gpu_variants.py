@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -111,11 +111,41 @@ VISITS["25"] = [
     ("sdxl-1024 in3 self", (1,), [(None, None)] + [(c, None) for c in (
         (64, 64, 4, 3, 2), (128, 64, 8, 3, 2), (64, 128, 4, 3, 2))]),
 ]
+# output column windows (TileConfig.value_parts; "vp2" / "vp3" after the head spec): more programs with
+# narrower accumulators for the shapes whose grids leave most SMs idle at B = 1
+VISITS["33"] = [
+    ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "vp2"), ((64, 64, 4, 3), None, "vp3"),
+                                   ((32, 64, 4, 2), None, "vp3"), ((64, 32, 4, 3), None, "vp3"),
+                                   ((32, 64, 4, 2), None, "vp2"), ((64, 128, 4, 2), None, "vp3")]),
+    ("sd15-512 in3 cross", (1, 2), [(None, None), ((64, 64, 4, 3), None, "vp3"), ((32, 64, 4, 2), None, "vp3"),
+                                    ((64, 64, 4, 3), None, "vp2"), ((64, 128, 4, 2), None, "vp3"),
+                                    ((32, 128, 4, 2), None, "vp3")]),
+    ("sd15-512 mid self", (1, 2), [(None, None), ((32, 32, 4, 2), None, "vp3"), ((64, 64, 4, 2), None, "vp3"),
+                                   ((32, 64, 4, 2), None, "vp2"), ((32, 64, 4, 2), None, "vp3")]),
+    ("sd15-512 mid cross", (1, 2), [(None, None), ((32, 64, 4, 2), None, "vp3"), ((64, 64, 4, 2), None, "vp3"),
+                                    ((32, 128, 4, 2), None, "vp3")]),
+    ("sd15-512 in2 self", (1, 2), [(None, None), ((64, 64, 4, 3), (64, 16), "vp2"), ((64, 128, 4, 3), (64, 16), "vp2"),
+                                   ((128, 64, 8, 3), (64, 16), "vp2"), ((64, 64, 4, 3), (64, 16))]),
+    ("sd15-512 in2 cross", (1, 2), [(None, None), ((64, 64, 4, 3), (64, 16), "vp2"),
+                                    ((64, 128, 4, 2), (64, 16), "vp2")]),
+]
+# narrower windows (vp5: 32 columns of D 160) and three windows on D 80, after visit 33's entries
+VISITS["36"] = [
+    ("sd15-512 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "vp5"), ((64, 32, 4, 3), None, "vp5"),
+                                   ((64, 128, 4, 2), None, "vp5")]),
+    ("sd15-512 in3 cross", (1, 2), [(None, None), ((64, 64, 4, 3), None, "vp5"), ((64, 128, 4, 2), None, "vp5"),
+                                    ((64, 128, 4, 2), None, "vp3")]),
+    ("sd15-512 mid self", (1, 2), [(None, None), ((64, 64, 4, 2), None, "vp5"), ((64, 32, 4, 2), None, "vp5")]),
+    ("sd15-512 mid cross", (1, 2), [(None, None), ((64, 64, 4, 2), None, "vp5"), ((64, 128, 4, 2), None, "vp3"),
+                                    ((64, 128, 4, 2), None, "vp5")]),
+    ("sd15-512 in2 self", (1,), [(None, None), ((64, 64, 4, 3), (64, 16), "vp3"), ((64, 128, 4, 3), (64, 16), "vp3")]),
+    ("sd15-512 in2 cross", (1,), [(None, None), ((64, 128, 4, 2), (64, 16), "vp3"), ((64, 64, 4, 3), (64, 16), "vp3")]),
+]
 # Visit 28 (kernel switches ROWSUM / QTAIL_LOAD, given as a dict after the head spec) ran at commit 2b26a56; the
 # switches were removed after it (bench/NOTES_triton.md), and its case list with them.
 # Visit 32 (keys in two streams per program, TileConfig.key_halves, "kh" after the head spec) ran at commit 73c99f8;
 # removed after it the same way.
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "25")]
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "36")]
 
 
 def sync():
@@ -134,19 +164,24 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def plan_for(s, B, dtype, cfg, head, desc=False):
+def value_parts(more):
+    """N from a "vpN" element after a variant's head spec (output column windows), else 1."""
+    return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("vp")), 1)
+
+
+def plan_for(s, B, dtype, cfg, head, desc=False, vp=1):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
-                      want_lse=False, config=configs.TileConfig(*cfg[:4]) if cfg else None,
+                      want_lse=False, config=configs.TileConfig(*cfg[:4], value_parts=vp) if cfg else None,
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
                       use_descriptors=desc or None)
 
 
-def runner(s, B, dtype, cfg, head, seed=0, desc=False):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head, desc)
+    plan = plan_for(s, B, dtype, cfg, head, desc, vp)
     if desc:
         flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
@@ -160,9 +195,9 @@ def runner(s, B, dtype, cfg, head, seed=0, desc=False):
 
 
 def compile_one(job):
-    name, B, dt, cfg, head, *desc = job
+    name, B, dt, cfg, head, *more = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc=bool(desc))[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=value_parts(more))[0]
         fn()
         sync()
         return None
@@ -210,13 +245,14 @@ def shape_main(name):
         fns = {}
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
-        for cfg, head, *desc in variants:
-                desc = bool(desc)
-                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "")) if cfg else "default"
+        for cfg, head, *more in variants:
+                desc, vp = "desc" in more, value_parts(more)
+                label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "") + (f" vp{vp}" if vp > 1 else "")
+                         if cfg else "default")
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
                     for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc)
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, vp=vp)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -230,7 +266,7 @@ def shape_main(name):
                         if not err < REFERENCE_TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, vp=vp)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)

@@ -81,8 +81,8 @@ def variant_processors(variants):
     return procs
 
 
-def graph_ms(step, device, replays=20):
-    """Median ms of one replay of a CUDA graph of the step: device time alone, no host launch cost."""
+def capture_graph(step):
+    """A CUDA graph of the step (after two warm-up steps on a side stream), replayed three times."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -94,6 +94,11 @@ def graph_ms(step, device, replays=20):
         step()
     for _ in range(3):
         g.replay()
+    return g
+
+
+def replay_ms(g, replays):
+    """ms of each of `replays` replays of graph g: device time alone, no host launch cost."""
     times = []
     for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -102,8 +107,7 @@ def graph_ms(step, device, replays=20):
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    del g
-    return statistics.median(times)
+    return times
 
 
 def build(name, device, dtype):
@@ -129,16 +133,16 @@ def inputs(name, B, device, dtype):
     return x, t, ctx, kw
 
 
-def bench_diffusers(name, batches, device, dtype, variants, rows, rounds):
+def bench_diffusers(name, batches, device, dtype, variants, rows, rounds, graph_rounds=8):
     unet = build(name, device, dtype)
     for B in batches:
-        bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds)
+        bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, graph_rounds)
     del unet
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds):
+def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, graph_rounds=8):
     x, t, ctx, kw = inputs(name, B, device, dtype)
     switch = Switch()
     unet.set_attn_processor(switch)
@@ -168,13 +172,22 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds):
                 eager[v].append((time.perf_counter() - t0) * 1e3 / 2)
         graphs = {}
         if device.type == "cuda":
+            # every variant's graph first, then replays in interleaved rounds, like the eager steps: attention
+            # time is a difference of two steps ~10 % apart, so drift between variants must hit all alike
+            captured = {}
             for v in variants:
                 switch.current = procs[v]
                 try:
-                    graphs[v] = graph_ms(step, device)
+                    captured[v] = capture_graph(step)
                 except Exception as e:  # noqa: BLE001
-                    graphs[v] = None
                     res[v]["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+            samples = {v: [] for v in captured}
+            order = list(captured)
+            for r in range(graph_rounds):
+                for v in order[r % len(order):] + order[:r % len(order)]:
+                    samples[v] += replay_ms(captured[v], 10)
+            graphs = {v: statistics.median(t) for v, t in samples.items()}
+            del captured
     ref = outs.get("stock")
     for v in variants:
         r = res[v]
@@ -260,6 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="1,2")
     p.add_argument("--variants", default="stock,none,auto,priority,sdpa,triton")
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--graph-rounds", type=int, default=8, help="interleaved rounds of 10 CUDA-graph replays each")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--json", default=None)
     p.add_argument("--comfyui-channels", type=int, default=320, help="ComfyUI UNet width (320 = SD1.5; small for smoke tests)")
@@ -271,7 +285,8 @@ def main(argv=None) -> int:
     available = {b.name for b in arcattn.get_router().backends if b.available()}
     variants = [v for v in args.variants.split(",") if v in ("stock", "none", "auto", "priority") or v in available]
     for name in filter(None, args.models.split(",")):
-        bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows, args.rounds)
+        bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows, args.rounds,
+                        args.graph_rounds)
     root = os.environ.get("ARCATTN_COMFYUI_ROOT")
     if root:
         for B in (int(b) for b in args.batch.split(",")):

@@ -205,6 +205,43 @@ def test_value_head_split_of_its_own(rng, D, head, splits, desc):
         assert bool((wide[..., D:] == 7.0).all())
 
 
+@pytest.mark.parametrize("D,parts,causal,dtype", [(160, 3, False, torch.float16), (160, 2, True, torch.bfloat16),
+                                                   (80, 2, False, torch.float32), (40, 3, True, torch.float16),
+                                                   (72, 2, False, torch.float16)])
+def test_value_parts_write_output_column_windows(rng, D, parts, causal, dtype):
+    """Output columns split over programs (TileConfig.value_parts): every window written, overlapping ones
+    alike, nothing beside the head, the log-sum-exp right; key splits or descriptors turn the windows off."""
+    B, H, Sq, Sk = 2, 2, 37, 37 if causal else 90
+    q, k, v = caller_tensors(rng, "bshd", B, H, Sq, Sk, D, dtype)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    wide = torch.full((B, H, Sq, D + 8), float("nan"), dtype=dtype, device=DEV)
+    wide[..., D:] = 7.0
+    cfg = configs.TileConfig(16, 16, 4, 1, value_parts=parts)
+    _, lse = flash_attention(q, k, v, causal=causal, out4=wide[..., :D], return_lse=True, config=cfg, splits=1)
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu(), causal=causal)
+    assert rel_error(wide[..., :D].cpu(), ref) < TOL[dtype]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+    assert bool((wide[..., D:] == 7.0).all())
+    plan = flash.Plan(torch.device(DEV), dtype, B, H, Sq, Sk, D, causal=causal, want_lse=False, config=cfg,
+                      splits=1)
+    assert plan.vparts == -(-D // plan.E0) > 1 and plan.E1 == 0 and plan.grid[2] == plan.vparts
+    assert flash.Plan(torch.device(DEV), dtype, B, H, Sq, Sk, D, causal=causal, want_lse=False, config=cfg,
+                      splits=2).vparts == 1
+    assert flash.Plan(torch.device(DEV), dtype, B, H, Sq, Sk, D, causal=causal, want_lse=False, config=cfg,
+                      splits=1, use_descriptors=True).vparts == 1
+
+
+def test_value_parts_entries_serve_small_grids():
+    """A measured entry with output windows is taken although its grid is below the fill threshold (it was
+    measured on such a grid); one without them is not."""
+    info = configs.DeviceInfo("sm90", 132, False)
+    cfg, splits, _ = configs.choose(info, head_pad=160, BH=8, Sq=64, Sk=64, causal=False, D=160)
+    assert cfg.value_parts == 5 and splits == 1
+    assert configs.choose(info, head_pad=160, BH=8, Sq=256, Sk=256, causal=False, D=160)[0].value_parts == 3
+    assert configs.choose(info, head_pad=160, BH=16, Sq=256, Sk=256, causal=False, D=160)[0].value_parts == 2
+    assert configs.choose(info, head_pad=160, BH=8, Sq=256, Sk=256, causal=True, D=160)[0].value_parts == 1
+
+
 @pytest.mark.parametrize("D,dtype", [(40, torch.float16), (72, torch.bfloat16), (64, torch.float32)])
 def test_tensor_descriptor_path(rng, D, dtype):
     """The XPU path (2-D block loads through tensor descriptors), run here in the interpreter."""

@@ -1,6 +1,7 @@
 """Tile sizes and launch options for the Triton flash-attention kernel, per device family.
 
-A configuration is (BLOCK_M query rows, BLOCK_N keys per step, warps, pipeline stages[, XPU GRF mode]).
+A configuration is (BLOCK_M query rows, BLOCK_N keys per step, warps, pipeline stages[, XPU GRF mode][, output
+column windows per query tile]).
 `choose()` takes a measured entry from TUNED when the problem class has one, else the family's TABLES entry,
 shrunk in the query direction and finally split over the keys when batch x heads x query tiles would leave the
 device idle (the original B580 kernel's "atomic" idea: many small programs instead of few large ones).
@@ -36,6 +37,7 @@ class TileConfig:
     num_warps: int
     num_stages: int
     grf_mode: Optional[str] = None  # XPU only: "256" asks IGC for 256 registers per thread
+    value_parts: int = 1  # programs per query tile, each writing one window of the output's columns
 
     def options(self) -> dict:
         """Keyword arguments for the Triton launch."""
@@ -46,7 +48,8 @@ class TileConfig:
 
     def short(self) -> str:
         return (f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
-                + (f" grf{self.grf_mode}" if self.grf_mode else ""))
+                + (f" grf{self.grf_mode}" if self.grf_mode else "")
+                + (f" v/{self.value_parts}" if self.value_parts > 1 else ""))
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ TABLES = {
 # sm90: kernel-only medians (CUDA graphs) on an H200, torch 2.11 / Triton 3.6, fp16: bench/gpu_triton.py's tile
 # sweep at B = 1 (bench/NOTES_triton.md) and bench/gpu_variants.py at B = 1 and 2 (bench/results/variants_*;
 # visit 19 swept every SD shape at B = 2: where no B = 2 entry exists, the B = 1 winner also won there).
+# The D = 160 entries with output windows (value_parts) were measured on an H100 (visits 33, 36), same software.
 TUNED: dict = {
     "sm90": {
         (40, 4096, 4096, 1): (TileConfig(128, 64, 8, 3), 1, None),     # sd15-512 in1 self     92.0 us
@@ -100,10 +104,14 @@ TUNED: dict = {
         (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, (64, 16, 128, 0)),   # sd15-512 in2 self  13.8 us
         (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, (64, 16, 128, 0)),  # ... at B = 2       19.0 us
         (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
-        (160, 256, 256, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sd15-512 in3 self       8.1 us
-        (160, 64, 64, 1): (TileConfig(32, 32, 4, 2), 1, None),         # sd15-512 mid self       4.3 us
-        (160, 256, 128, 1): (TileConfig(32, 64, 4, 2), 1, None),       # sd15-512 in3 cross      6.2 us
-        (160, 64, 128, 1): (TileConfig(32, 64, 4, 2), 1, None),        # sd15-512 mid cross      6.2 us
+        # D = 160 at 256 queries or fewer: 8-32 programs per head set leave most SMs idle; three output windows
+        # of 64 columns (five of 32 for 64 queries) multiply them and shrink the accumulator (248 -> 128 registers)
+        (160, 256, 256, 1): (TileConfig(64, 64, 4, 3, value_parts=3), 1, None),   # sd15-512 in3 self  8.1 -> 6.5 us
+        (160, 256, 256, 16): (TileConfig(64, 64, 4, 3, value_parts=2), 1, None),  # ... at B = 2  8.1 -> 7.7 us
+        (160, 64, 64, 1): (TileConfig(64, 64, 4, 2, value_parts=5), 1, None),     # sd15-512 mid self  4.4 -> 3.5 us
+        (160, 256, 128, 1): (TileConfig(64, 128, 4, 2, value_parts=3), 1, None),  # sd15-512 in3 cross 6.3 -> 4.8 us
+        (160, 256, 128, 16): (TileConfig(64, 64, 4, 3, value_parts=2), 1, None),  # ... at B = 2  6.6 -> 6.2 us
+        (160, 64, 128, 1): (TileConfig(64, 64, 4, 2, value_parts=5), 1, None),    # sd15-512 mid cross 7.6 -> 4.4 us
     },
     "cuda": {}, "xpu": {}, "interpreter": {},
 }
@@ -219,7 +227,10 @@ def choose(info: DeviceInfo, *, head_pad: int, BH: int, Sq: int, Sk: int, causal
         return forced + (None,)
     want = info.units * WAVES[info.family]
     tuned = tuned_entry(info.family, D, Sq, Sk, BH)
-    if tuned is not None and not causal and BH * -(-Sq // tuned[0].block_m) * tuned[1] >= want:
+    # a measured entry unless its grid would leave the device idle; entries with output windows were measured on
+    # exactly such grids
+    if tuned is not None and not causal and (BH * -(-Sq // tuned[0].block_m) * tuned[1] >= want
+                                             or tuned[0].value_parts > 1):
         return tuned
     cfg = base_config(info, head_pad)
     bm = cfg.block_m

@@ -27,6 +27,10 @@ What is particular to this kernel:
   programs per tile (grid axis 2). Each writes a partial result and its log-sum-exp to a small workspace, then
   takes a ticket from a per-tile counter; the program that arrives last merges the partials and resets the
   counter. One launch, no second kernel.
+- Or, for a wide head on a small grid (SD1.5's D = 160 at 256 queries or fewer), the output's columns can be
+  split over VPARTS programs per tile (same grid axis): each recomputes the scores and writes one window of v's
+  columns. Three 64-wide windows instead of one 160-wide accumulator: three times the programs at half the
+  registers, 5-40 % faster on those shapes (H100, bench/NOTES_triton.md).
 - On Intel XPU the tiles are read through tensor descriptors, which Triton-XPU lowers to 2-D block loads.
 - Launch cost: Triton's launcher spends ~25 us of Python per call (Triton 3.6); `launch` calls the cached
   compiled kernel directly (~10 us) once it has checked that doing so writes the same bits.
@@ -206,7 +210,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr, VPARTS: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -225,6 +229,13 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     o_base = O + b * s_ob + h * s_oh
+    if VPARTS > 1:
+        # This program writes output columns voff..voff+E0 only (grid axis 2 picks the window; the last one
+        # overlaps the one before and writes the same values there). Each part recomputes the scores and the
+        # softmax: on grids that leave SMs idle, a narrower accumulator is worth more than that work.
+        voff = tl.minimum(split * E0, D - E0)
+        v_base += voff * s_vd
+        o_base += voff * s_od
 
     # Tensor descriptors (XPU: 2-D block loads). The pointer path passes the bases as unused stand-ins.
     q0d, q1d, k0d, k1d, v0d, v1d, o0d, o1d = q_base, q_base, k_base, k_base, v_base, v_base, o_base, o_base
@@ -366,7 +377,8 @@ class Plan:
     """Everything about a launch that depends only on the call's signature, computed once."""
 
     __slots__ = ("grid", "kwargs", "kwargs_scale_first", "kwargs_al", "kwargs_al_scale_first", "align", "config",
-                 "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified")
+                 "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified",
+                 "vparts")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
@@ -388,22 +400,30 @@ class Plan:
             if tuned_head is not None and not explicit:
                 self.D0, self.D1, self.E0, self.E1 = _heads(tuned_head, D)
         splits = max(1, int(splits or 1))
-        self.config, self.splits, self.device = config, splits, device
-        self.grid = (triton.cdiv(Sq, config.block_m), B * H, splits)
+        use_desc = info.use_descriptors if use_descriptors is None else use_descriptors
+        # output column windows per (tile, batch, head): config.value_parts, not with key splits or descriptors
+        vparts, window = 1, 0
+        if config.value_parts > 1 and splits == 1 and not use_desc:
+            window = max(16, 1 << (-(-D // config.value_parts) - 1).bit_length())
+            vparts = -(-D // window) if window < D else 1
+        if vparts > 1:
+            self.E0, self.E1 = window, 0
+        self.config, self.splits, self.vparts, self.device = config, splits, vparts, device
+        self.grid = (triton.cdiv(Sq, config.block_m), B * H, splits * vparts)
         self.ws_shape = (splits, B * H, Sq, max(self.E0 + self.E1, d0u + d1u)) if splits > 1 else None
         self.lock_n = self.grid[0] * self.grid[1]
-        use_desc = info.use_descriptors if use_descriptors is None else use_descriptors
         interp = interpreted()
         def tail_start(d0, d1):
             # the tail window: the last d1 columns of the head when d0 + d1 > D (no column masks), else after d0
             return D - d1 if (d1 and d0 + d1 > D) else d0
-        common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal),
+        common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts,
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
                       UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
                       **({} if interp else config.options()))
         # unaligned strides: AL = 1
-        self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=d0u, E1=d1u,
-                           F1=tail_start(d0u, d1u), AL=1)
+        eu = (window, 0) if vparts > 1 else (d0u, d1u)
+        self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=eu[0], E1=eu[1],
+                           F1=tail_start(*eu), AL=1)
         self.kwargs_scale_first = dict(self.kwargs, SCALE_FIRST=True)
         # strides that are all multiples of 16 bytes' worth of elements are passed divided (see the kernel)
         self.align = 16 // torch.tensor([], dtype=dtype).element_size()
@@ -425,6 +445,7 @@ class Plan:
     def describe(self) -> str:
         return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
                 + (f" v={self.E0}+{self.E1}" if (self.E0, self.E1) != (self.D0, self.D1) else "")
+                + (f" vparts={self.vparts}" if self.vparts > 1 else "")
                 + (" desc" if self.kwargs["USE_DESC"] else ""))
 
 
@@ -510,7 +531,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
-           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL")  # the kernel's constexpr parameters, in order
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "VPARTS")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
