@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -141,11 +141,21 @@ VISITS["36"] = [
     ("sd15-512 in2 self", (1,), [(None, None), ((64, 64, 4, 3), (64, 16), "vp3"), ((64, 128, 4, 3), (64, 16), "vp3")]),
     ("sd15-512 in2 cross", (1,), [(None, None), ((64, 128, 4, 2), (64, 16), "vp3"), ((64, 64, 4, 3), (64, 16), "vp3")]),
 ]
+# SD1.5's remaining Triton shapes at B = 1 (in1 cross, in2 self / cross): windows on D 40, other tiles
+H80P = (64, 16, 128, 0)
+VISITS["37"] = [
+    ("sd15-512 in1 cross", (1,), [(None, None), ((128, 64, 4, 3), HYB40, "vp2"), ((64, 64, 4, 3), HYB40, "vp2"),
+                                  ((64, 128, 4, 2), HYB40), ((128, 128, 4, 2), HYB40, "vp2"), ((128, 128, 8, 2), HYB40)]),
+    ("sd15-512 in2 self", (1,), [(None, None), ((64, 128, 4, 2), H80P), ((64, 128, 8, 3), H80P), ((64, 64, 4, 4), H80P),
+                                 ((64, 128, 4, 4), H80P)]),
+    ("sd15-512 in2 cross", (1,), [(None, None), ((32, 128, 4, 2), (64, 16)), ((64, 128, 4, 2), H80P),
+                                  ((64, 128, 8, 2), (64, 16)), ((64, 128, 4, 3), (64, 16))]),
+]
 # Visit 28 (kernel switches ROWSUM / QTAIL_LOAD, given as a dict after the head spec) ran at commit 2b26a56; the
 # switches were removed after it (bench/NOTES_triton.md), and its case list with them.
 # Visit 32 (keys in two streams per program, TileConfig.key_halves, "kh" after the head spec) ran at commit 73c99f8;
 # removed after it the same way.
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "36")]
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "37")]
 
 
 def sync():
