@@ -129,10 +129,39 @@ SHAPES = [("sd15-512 in1 self, head padded 40->64", 8, 4096), ("sdxl-1024 in2 se
 KEY_VARIANTS = [(64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 3), (64, 128, 4, 2)]
 
 
+def check_variant(label, run, out, err_of, errs, fns):
+    """Run a variant once into `out` (poisoned with NaN), record its error against the reference, and keep it for
+    timing when that error is within 2e-3; an exception is recorded in its place."""
+    try:
+        run(out)
+        torch.cuda.synchronize()
+        errs[label] = err_of(out)
+        if errs[label] < 2e-3:
+            fns[label] = lambda: run(out)
+    except Exception as e:  # noqa: BLE001
+        errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def time_and_report(title, B, fns, errs, rows, ref_label=None):
+    """Kernel time per call from CUDA-graph replays (best of two interleaved rounds); one row and line each."""
+    from arcattn.bench import graph_us
+    times = {lab: [] for lab in fns}
+    for _ in range(2):
+        for lab, fn in fns.items():
+            times[lab].append(graph_us(fn, torch.device("cuda")))
+    best = {lab: min(x for x in t if x is not None) for lab, t in times.items() if any(x is not None for x in t)}
+    for lab in list(fns) + [x for x in errs if x not in fns]:
+        rows.append(dict(shape=title, B=B, label=lab, us=best.get(lab), err=errs.get(lab)))
+        ratio = f"  x{best[ref_label] / best[lab]:.2f} of sdpa" if ref_label in best and lab in best else ""
+        print(f"[{time.strftime('%H:%M:%S')}] {title} B={B} {lab}: "
+              + (f"{best[lab]:.1f} us" if lab in best else "not timed") + ratio
+              + (f"  err={errs[lab]:.1e}" if isinstance(errs.get(lab), float) else f"  {errs.get(lab, '')}"),
+              flush=True)
+
+
 def production_rows():
     """Visit 30: the production kernel on the same work in three memory layouts, with fixed tiles, to locate the
     gap between it and this probe's one-half kernel (79.5 vs 92 us at D 64, 4096^2, H 8, visit 29)."""
-    from arcattn.bench import graph_us
     from arcattn.kernels import configs, flash
     from arcattn.reference import attention_reference_chunked, rel_error
     import torch.nn.functional as F
@@ -156,32 +185,16 @@ def production_rows():
             heads = [None] if D == 64 else [(32, 16, 64, 0), (64, 0, 64, 0)]
             for cfg in ((128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2)):
                 for head in heads:
-                    label = f"arcattn D{D} {layout} {cfg} head={head}"
-                    out = torch.full((B, H, S, D), float("nan"), device="cuda", dtype=torch.float16)
-                    kw = dict(out4=out, config=configs.TileConfig(*cfg), head=head, splits=1)
-                    try:
-                        flash.flash_attention(q, k, v, **kw)
-                        torch.cuda.synchronize()
-                        errs[label] = rel_error(out[:1, :2], ref)
-                        if errs[label] < 2e-3:
-                            fns[label] = (lambda q=q, k=k, v=v, kw=kw: flash.flash_attention(q, k, v, **kw))
-                    except Exception as e:  # noqa: BLE001
-                        errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
-        times = {lab: [] for lab in fns}
-        for _ in range(2):
-            for lab, fn in fns.items():
-                times[lab].append(graph_us(fn, torch.device("cuda")))
-        for lab in list(fns) + [x for x in errs if x not in fns]:
-            t = [x for x in times.get(lab, []) if x is not None]
-            rows.append(dict(shape="H8 4096^2", B=B, label=lab, us=min(t) if t else None, err=errs.get(lab)))
-            print(f"[{time.strftime('%H:%M:%S')}] H8 4096^2 B={B} {lab}: " + (f"{min(t):.1f} us" if t else "not timed")
-                  + (f"  err={errs[lab]:.1e}" if isinstance(errs.get(lab), float) else f"  {errs.get(lab, '')}"),
-                  flush=True)
+                    kw = dict(config=configs.TileConfig(*cfg), head=head, splits=1)
+                    check_variant(f"arcattn D{D} {layout} {cfg} head={head}",
+                                  lambda out, q=q, k=k, v=v, kw=kw: flash.flash_attention(q, k, v, out4=out, **kw),
+                                  torch.full((B, H, S, D), float("nan"), device="cuda", dtype=torch.float16),
+                                  lambda out, ref=ref: rel_error(out[:1, :2], ref), errs, fns)
+        time_and_report("H8 4096^2", B, fns, errs, rows)
     return rows
 
 
 def main():
-    from arcattn.bench import graph_us
     from arcattn.env import describe
     from arcattn.reference import attention_reference_chunked, rel_error
     import torch.nn.functional as F
@@ -202,41 +215,15 @@ def main():
             fns["arcattn kernel"] = lambda: flash.flash_attention(q.view(B, H, S, 64), k.view(B, H, S, 64),
                                                                   v.view(B, H, S, 64), out4=o4)
             errs = {}
+            err_of = lambda out: rel_error(out[:2], ref)  # noqa: E731
             for var in VARIANTS:
-                label = "halves %dx%d w%d s%d %s" % (var[0], var[1], var[2], var[3], "two" if var[4] else "one")
-                out = torch.full_like(q, float("nan"))
-                try:
-                    halves(q, k, v, out, *var)
-                    torch.cuda.synchronize()
-                    errs[label] = rel_error(out[:2], ref)
-                    if errs[label] < 2e-3:
-                        fns[label] = (lambda var=var, out=out: halves(q, k, v, out, *var))
-                except Exception as e:  # noqa: BLE001
-                    errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
+                check_variant("halves %dx%d w%d s%d %s" % (*var[:4], "two" if var[4] else "one"),
+                              lambda out, var=var: halves(q, k, v, out, *var), torch.full_like(q, float("nan")),
+                              err_of, errs, fns)
             for var in KEY_VARIANTS:
-                label = "key halves %dx%d w%d s%d" % var
-                out = torch.full_like(q, float("nan"))
-                try:
-                    key_halves(q, k, v, out, *var)
-                    torch.cuda.synchronize()
-                    errs[label] = rel_error(out[:2], ref)
-                    if errs[label] < 2e-3:
-                        fns[label] = (lambda var=var, out=out: key_halves(q, k, v, out, *var))
-                except Exception as e:  # noqa: BLE001
-                    errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
-            times = {lab: [] for lab in fns}
-            for _ in range(2):
-                for lab, fn in fns.items():
-                    times[lab].append(graph_us(fn, torch.device("cuda")))
-            best = {lab: min(x for x in t if x is not None) for lab, t in times.items() if any(x is not None for x in t)}
-            for lab in list(fns) + [x for x in errs if x not in fns]:
-                r = dict(shape=name, B=B, label=lab, us=best.get(lab), err=errs.get(lab))
-                rows.append(r)
-                ratio = f"  x{best['sdpa default'] / best[lab]:.2f} of sdpa" if lab in best else ""
-                print(f"[{time.strftime('%H:%M:%S')}] {name} B={B} {lab}: "
-                      + (f"{best[lab]:.1f} us" if lab in best else "not timed") + ratio
-                      + (f"  err={errs[lab]:.1e}" if isinstance(errs.get(lab), float) else f"  {errs.get(lab, '')}"),
-                      flush=True)
+                check_variant("key halves %dx%d w%d s%d" % var, lambda out, var=var: key_halves(q, k, v, out, *var),
+                              torch.full_like(q, float("nan")), err_of, errs, fns)
+            time_and_report(name, B, fns, errs, rows, ref_label="sdpa default")
     OUT.mkdir(parents=True, exist_ok=True)
     json.dump(rows, open(OUT / "halves.json", "w"), indent=1)
 
