@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .dispatch import one_line
 from .env import synchronize
+from .tune import stream_samples_us
 
 DEFAULT_SHAPES = Path(__file__).resolve().parent.parent / "bench" / "shapes.json"
 QUICK_SHAPES = [
@@ -90,17 +91,7 @@ def sample_us(fn: Callable[[int], object], device: torch.device, n: int, warm: i
 def host_us(fn: Callable[[], object], device: torch.device, n: int, *, warmup: int = 20, reps: int = 5) -> float:
     """Host (CPU) microseconds per call: n calls back to back without synchronising (the device work queues up),
     the median over `reps` such batches, synchronised between batches."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t0) * 1e6 / n)
-        synchronize(device)
-    return statistics.median(times)
+    return statistics.median(stream_samples_us(fn, device, warmup=warmup, reps=reps, batch=n, host_only=True))
 
 
 def per_call_us(fn: Callable[[int], object], device: torch.device, *, reps: int = 15, target_ms: float = 2.0,

@@ -55,9 +55,11 @@ def bucket_key(call: AttentionCall) -> str:
             f"{' causal' if call.causal else ''}{' lse' if call.want_lse else ''}")
 
 
-def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: int, batch: int) -> list:
+def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: int, batch: int,
+                      host_only: bool = False) -> list:
     """Microseconds per call of fn(), one sample per batch of `batch` back-to-back calls, synchronised only
-    around each batch (after `warmup` untimed calls)."""
+    around each batch (after `warmup` untimed calls). host_only: the clock stops before the synchronisation, so
+    a sample is the host's time to issue the calls, not the device's to run them."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -66,8 +68,11 @@ def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: 
         t0 = time.perf_counter()
         for _ in range(batch):
             fn()
+        if host_only:
+            times.append((time.perf_counter() - t0) * 1e6 / batch)
         synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e6 / batch)
+        if not host_only:
+            times.append((time.perf_counter() - t0) * 1e6 / batch)
     return times
 
 
