@@ -45,6 +45,12 @@ def median_ms(fn, device, warmup=3, reps=10):
     return statistics.median(times), min(times), max(times)
 
 
+def rotated(seq: list, r: int) -> list:
+    """seq starting at position r (mod its length): round r's order, so no variant always runs first."""
+    k = r % len(seq) if seq else 0
+    return seq[k:] + seq[:k]
+
+
 class Switch:
     """One processor on every attention module, delegating to the variant under test, so that variants can be
     interleaved round by round (drift in clocks or temperature then hits all of them alike)."""
@@ -162,7 +168,7 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
             step()
         eager = {v: [] for v in variants}
         for r in range(rounds):
-            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            for v in rotated(variants, r):
                 switch.current = procs[v]
                 synchronize(device)
                 t0 = time.perf_counter()
@@ -182,9 +188,8 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
                 except Exception as e:  # noqa: BLE001
                     res[v]["graph_error"] = f"{type(e).__name__}: {e}"[:200]
             samples = {v: [] for v in captured}
-            order = list(captured)
             for r in range(graph_rounds):
-                for v in order[r % len(order):] + order[:r % len(order)]:
+                for v in rotated(list(captured), r):
                     samples[v] += replay_ms(captured[v], 10)
             graphs = {v: statistics.median(t) for v, t in samples.items()}
             del captured
