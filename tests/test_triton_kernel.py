@@ -240,6 +240,9 @@ def test_value_parts_entries_serve_small_grids():
     assert configs.choose(info, head_pad=160, BH=8, Sq=256, Sk=256, causal=False, D=160)[0].value_parts == 3
     assert configs.choose(info, head_pad=160, BH=16, Sq=256, Sk=256, causal=False, D=160)[0].value_parts == 2
     assert configs.choose(info, head_pad=160, BH=8, Sq=256, Sk=256, causal=True, D=160)[0].value_parts == 1
+    # D 80's measured entry (no windows) on a grid of 16 programs: the heuristic, not the entry and its head split
+    small = configs.choose(info, head_pad=80, BH=1, Sq=1024, Sk=1024, causal=False, D=80)
+    assert small[0] != configs.TUNED["sm90"][(80, 1024, 1024, 1)][0] and small[2] is None
 
 
 @pytest.mark.parametrize("D,dtype", [(40, torch.float16), (72, torch.bfloat16), (64, torch.float32)])
