@@ -104,8 +104,9 @@ TUNED: dict = {
         (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, (64, 16, 128, 0)),   # sd15-512 in2 self  13.8 us
         (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, (64, 16, 128, 0)),  # ... at B = 2       19.0 us
         (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
-        # D = 160 at 256 queries or fewer: 8-32 programs per head set leave most SMs idle; three output windows
-        # of 64 columns (five of 32 for 64 queries) multiply them and shrink the accumulator (248 -> 128 registers)
+        # D = 160 at 256 queries or fewer: 8-32 programs per head set leave most SMs idle; output windows (three
+        # of 64 columns, two of 128 at B = 2, five of 32 for 64 queries) multiply them and shrink the accumulator
+        # (248 -> 128-184 registers)
         (160, 256, 256, 1): (TileConfig(64, 64, 4, 3, value_parts=3), 1, None),   # sd15-512 in3 self  8.1 -> 6.5 us
         (160, 256, 256, 16): (TileConfig(64, 64, 4, 3, value_parts=2), 1, None),  # ... at B = 2  8.1 -> 7.7 us
         (160, 64, 64, 1): (TileConfig(64, 64, 4, 2, value_parts=5), 1, None),     # sd15-512 mid self  4.4 -> 3.5 us

@@ -30,7 +30,7 @@ What is particular to this kernel:
 - Or, for a wide head on a small grid (SD1.5's D = 160 at 256 queries or fewer), the output's columns can be
   split over VPARTS programs per tile (same grid axis): each recomputes the scores and writes one window of v's
   columns. Three 64-wide windows instead of one 160-wide accumulator: three times the programs at half the
-  registers, 5-40 % faster on those shapes (H100, bench/NOTES_triton.md).
+  registers, 5-40 % faster on those shapes (H100, torch 2.11, Triton 3.6; bench/NOTES_triton.md).
 - On Intel XPU the tiles are read through tensor descriptors, which Triton-XPU lowers to 2-D block loads.
 - Launch cost: Triton's launcher spends ~25 us of Python per call (Triton 3.6); `launch` calls the cached
   compiled kernel directly (~10 us) once it has checked that doing so writes the same bits.
