@@ -27,7 +27,7 @@ has hostcost && python3 bench/gpu_host_cost.py 2>&1 | tee "$OUT/host_cost.txt"
 has stepprofile && python3 bench/gpu_step_profile.py 2>&1 | tee "$OUT/step_profile.txt"
 if has unet; then
   rm -rf /tmp/arcattn-cache
-  ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI" python3 bench/unet.py --json "$OUT/unet.json" 2>&1 \
+  ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI" python3 bench/unet.py ${UNET_ARGS:-} --json "$OUT/unet.json" 2>&1 \
     | grep -v "kept in float32" | tee "$OUT/unet.txt"
 fi
 # the test suite on this torch/Triton (CPU reference of the native extension built with this machine's g++)
