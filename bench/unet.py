@@ -81,15 +81,9 @@ def variant_processors(variants):
         elif v == "none":
             procs[v] = NoAttention()
         else:
-            # "<variant>-nopdl": the same with a Triton backend that never uses programmatic dependent launch
-            base, _, suffix = v.partition("-")
-            backends = arcattn.get_router().backends
-            if suffix == "nopdl":
-                from arcattn.backends.triton_flash import TritonBackend
-                backends = [TritonBackend(pdl=False) if b.name == "triton" else b for b in backends]
-            router = arcattn.Router(backends, disabled=(), prefer="",
-                                    chooser=MeasuredChooser() if base == "auto" else None)
-            procs[v] = ArcAttnProcessor(None if base in ("auto", "priority") else base, router=router)
+            router = arcattn.Router(arcattn.get_router().backends, disabled=(), prefer="",
+                                    chooser=MeasuredChooser() if v == "auto" else None)
+            procs[v] = ArcAttnProcessor(None if v in ("auto", "priority") else v, router=router)
     return procs
 
 
@@ -222,7 +216,7 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
         a = "" if "attention_ms" not in r else f"  attention {r['attention_ms']:6.2f} ms"
         ag = "" if "attention_graph_ms" not in r else f" (graph {r['attention_graph_ms']:6.2f} ms)"
         e = "" if "rel_err_vs_stock" not in r else f"  err {r['rel_err_vs_stock']:.1e}"
-        print(f"  {name:<5} B={B} {v:<15} step {r['step_ms']:8.2f} ms [{r['step_spread_ms'][0]:.2f}, "
+        print(f"  {name:<5} B={B} {v:<9} step {r['step_ms']:8.2f} ms [{r['step_spread_ms'][0]:.2f}, "
               f"{r['step_spread_ms'][1]:.2f}]{g}{a}{ag}{e}  {r.get('served', '')}", flush=True)
 
 
@@ -294,8 +288,7 @@ def main(argv=None) -> int:
     print(describe(device), flush=True)
     rows = []
     available = {b.name for b in arcattn.get_router().backends if b.available()}
-    variants = [v for v in args.variants.split(",")
-                if v.partition("-")[0] in ("stock", "none", "auto", "priority") or v.partition("-")[0] in available]
+    variants = [v for v in args.variants.split(",") if v in ("stock", "none", "auto", "priority") or v in available]
     for name in filter(None, args.models.split(",")):
         bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows, args.rounds,
                         args.graph_rounds)

@@ -273,64 +273,6 @@ def test_cuda_policy_unaligned_strides_take_one_power_of_two_part(rng, monkeypat
     assert rel_error(out4.cpu(), ref) < TOL[torch.float16]
 
 
-def test_pdl_plan_rules(monkeypatch):
-    """Programmatic dependent launch: only where flash.pdl_supported says the device and Triton allow it, never
-    with descriptors, off with ARCATTN_TRITON_PDL=0 or pdl=False; when on, the kernel's PDL switch and Triton's
-    launch_pdl option travel together in every kwargs variant of the plan."""
-    def plan(**kw):
-        return flash.Plan(torch.device(DEV), torch.float16, 1, 2, 64, 64, 40, causal=False, want_lse=False, **kw)
-
-    def flags(p):
-        return {(kw["PDL"], kw.get("launch_pdl", False)) for kw in
-                (p.kwargs, p.kwargs_al, p.kwargs_scale_first, p.kwargs_al_scale_first)}
-
-    if DEV == "cpu":
-        assert not flash.pdl_supported(torch.device("cpu"))
-        assert not plan().pdl and flags(plan()) == {(False, False)}
-    monkeypatch.setattr(flash, "pdl_supported", lambda device: True)
-    monkeypatch.delenv("ARCATTN_TRITON_PDL", raising=False)
-    assert plan().pdl and flags(plan()) == {(True, True)} and plan().describe().endswith(" pdl")
-    assert not plan(pdl=False).pdl and flags(plan(pdl=False)) == {(False, False)}
-    assert not plan(use_descriptors=True).pdl
-    monkeypatch.setenv("ARCATTN_TRITON_PDL", "0")
-    assert not plan().pdl and plan(pdl=True).pdl
-    monkeypatch.setattr(flash, "pdl_supported", lambda device: False)
-    assert not plan(pdl=True).pdl
-
-
-PDL_SPECS = [{"D": 40, "PDL": True}, {"D": 64, "PDL": True, "SPLITS": 2}, {"D": 40, "PDL": False}]
-
-
-@pytest.fixture(scope="module")
-def sm90_ptx_report():
-    """tests/sm90_ptx.py on PDL_SPECS, once, in a child process (the kernel cannot compile under the interpreter)."""
-    import json
-    import subprocess
-    import sys
-    pytest.importorskip("triton.backends.nvidia.compiler")
-    from triton.language.extra import cuda as tl_cuda
-    if not hasattr(tl_cuda, "gdc_wait"):
-        pytest.skip("this Triton has no gdc_wait: PDL is never used with it")
-    script = os.path.join(os.path.dirname(__file__), "sm90_ptx.py")
-    proc = subprocess.run([sys.executable, script, json.dumps(PDL_SPECS)], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("i", range(len(PDL_SPECS)), ids=["d40", "d64-splits", "off"])
-def test_pdl_wait_precedes_every_global_access_sm90(sm90_ptx_report, i):
-    """A PDL launch may run while the kernel before it still writes q, k, v (or reads the memory that `out`
-    reuses): the grid-dependency wait must come before the first global load, store or atomic. Checked in the
-    sm_90 PTX, compiled here by Triton's bundled ptxas (no GPU needed)."""
-    spec, r = PDL_SPECS[i], sm90_ptx_report[i]
-    assert r["accesses"] > 0 and r["launch_pdl"] == spec["PDL"]
-    if spec["PDL"]:
-        assert len(r["waits"]) == 1 and r["waits"][0] < r["first_access"], r
-    else:
-        assert r["waits"] == [], r
-
-
 def test_lse_merges_partial_attentions(rng):
     """What the log-sum-exp output is for: attention over two key halves, merged, equals attention over all."""
     B, H, Sq, Sk, D = 1, 2, 29, 90, 40

@@ -56,9 +56,7 @@ class TritonBackend(Backend):
     supports_lse = True
     supports_dv_ne_d = False
 
-    def __init__(self, pdl: Optional[bool] = None):
-        # pdl: programmatic dependent launch where the device allows it (None: ARCATTN_TRITON_PDL, default on)
-        self.pdl = pdl
+    def __init__(self):
         self._flash = None
         self._configs = None
         self._entries: dict = {}
@@ -171,8 +169,7 @@ class TritonBackend(Backend):
     def _new_plan(self, call: AttentionCall, use_desc: bool, config=None, splits=None, head=None):
         flash = self._flash
         plan = flash.Plan(call.device, call.dtype, call.B, call.H, call.Sq, call.Sk, call.D, causal=call.causal,
-                          want_lse=call.want_lse, use_descriptors=use_desc, config=config, splits=splits, head=head,
-                          pdl=self.pdl)
+                          want_lse=call.want_lse, use_descriptors=use_desc, config=config, splits=splits, head=head)
         if config is None and env_flag("ARCATTN_TRITON_AUTOTUNE", False) and not flash.interpreted():
             plan = self._autotune(call, plan, use_desc)
         return plan
@@ -233,7 +230,7 @@ class TritonBackend(Backend):
         for cfg in (plan.config,) + tuple(c for c in configs.candidates(info, width) if c != plan.config):
             cand = flash.Plan(call.device, call.dtype, call.B, call.H, call.Sq, call.Sk, call.D,
                               causal=call.causal, want_lse=call.want_lse, use_descriptors=use_desc, config=cfg,
-                              splits=plan.splits, head=plan.heads, pdl=self.pdl)
+                              splits=plan.splits, head=plan.heads)
             try:
                 with _device_guard(call.device):
                     t = triton.testing.do_bench(

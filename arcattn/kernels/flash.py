@@ -58,16 +58,6 @@ except Exception:  # noqa: BLE001
 LOG2E = 1.4426950408889634
 _LN2 = tl.constexpr(0.6931471805599453)
 
-try:  # grid dependency control (sm_90+): a launch may begin while the kernel before it drains
-    from triton.language.extra.cuda import gdc_wait as _gdc_wait
-    HAS_GDC = True
-except Exception:  # noqa: BLE001 - older Triton, or Triton-XPU: PDL stays off and this stand-in is never traced
-    HAS_GDC = False
-
-    @triton.jit
-    def _gdc_wait():
-        pass
-
 
 @triton.jit
 def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
@@ -220,7 +210,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr, VPARTS: tl.constexpr, PDL: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr, VPARTS: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -276,10 +266,6 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
         full_end = tl.minimum(hi, row0 + 1)
     mid = lo + tl.maximum(full_end - lo, 0) // BLOCK_N * BLOCK_N
 
-    if PDL:
-        # Launched with programmatic dependent launch: this program may be running before the kernel that wrote
-        # q, k, v (or last used the memory of out) has finished. Nothing in global memory is touched above.
-        _gdc_wait()
     q0 = _load(q_base, q0d, row0, Sq, s_qs, s_qd, BLOCK_M, D0, 0, D, True, USE_DESC)
     acc0 = tl.zeros([BLOCK_M, E0], tl.float32)
     q1 = q0  # stand-ins when the head has no tail
@@ -355,33 +341,6 @@ def interpreted() -> bool:
     return bool(InterpretedFunction) and isinstance(_attn_fwd, InterpretedFunction)
 
 
-def pdl_default() -> bool:
-    """Whether plans use programmatic dependent launch where the device allows it (ARCATTN_TRITON_PDL=0: never)."""
-    return env_flag("ARCATTN_TRITON_PDL", True)
-
-
-_pdl_cache: dict = {}
-
-
-def pdl_supported(device: torch.device) -> bool:
-    """Programmatic dependent launch: CUDA compute capability 9.0+ and a Triton with both the `launch_pdl` launch
-    option and `gdc_wait`. The kernel's launch can then overlap the end of the kernel before it (in CUDA graphs
-    too); the kernel waits (gdc_wait) before it reads or writes global memory."""
-    if device.type != "cuda" or interpreted() or not HAS_GDC:
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    ok = _pdl_cache.get(index)
-    if ok is None:
-        try:
-            from triton.backends.nvidia.compiler import CUDAOptions
-            ok = ("launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
-                  and torch.cuda.get_device_capability(index)[0] >= 9)
-        except Exception:  # noqa: BLE001
-            ok = False
-        _pdl_cache[index] = ok
-    return ok
-
-
 def head_split(D: int, irregular: bool = True) -> tuple:
     """(D0, D1): a power of two plus a small power-of-two tail (0 = none) covering D with the fewest lanes.
     irregular=False allows only tails that end exactly at D (48 = 32+16, 80 = 64+16, 160 = 128+32); others
@@ -419,12 +378,11 @@ class Plan:
 
     __slots__ = ("grid", "kwargs", "kwargs_scale_first", "kwargs_al", "kwargs_al_scale_first", "align", "config",
                  "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified",
-                 "vparts", "pdl")
+                 "vparts")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
-                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None,
-                 pdl: Optional[bool] = None):
+                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
         info = configs.device_info(device.type, device.index or 0, interpreted())
         # `head` overrides the split: (D0, D1) for q/k and v/out alike, or (D0, D1, E0, E1) with v/out's own
         explicit = head is not None
@@ -458,13 +416,10 @@ class Plan:
         def tail_start(d0, d1):
             # the tail window: the last d1 columns of the head when d0 + d1 > D (no column masks), else after d0
             return D - d1 if (d1 and d0 + d1 > D) else d0
-        # programmatic dependent launch: not with descriptors, which CUDA builds in global scratch before the wait
-        self.pdl = bool(pdl_default() if pdl is None else pdl) and not use_desc and pdl_supported(device)
         common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts,
                       WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
-                      UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc), PDL=self.pdl,
-                      **({} if interp else config.options()),
-                      **({"launch_pdl": True} if self.pdl else {}))
+                      UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
+                      **({} if interp else config.options()))
         # unaligned strides: AL = 1
         eu = (window, 0) if vparts > 1 else (d0u, d1u)
         self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=eu[0], E1=eu[1],
@@ -491,8 +446,7 @@ class Plan:
         return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
                 + (f" v={self.E0}+{self.E1}" if (self.E0, self.E1) != (self.D0, self.D1) else "")
                 + (f" vparts={self.vparts}" if self.vparts > 1 else "")
-                + (" desc" if self.kwargs["USE_DESC"] else "")
-                + (" pdl" if self.pdl else ""))
+                + (" desc" if self.kwargs["USE_DESC"] else ""))
 
 
 _locks: dict = {}
@@ -577,7 +531,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
-           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "VPARTS", "PDL")  # the kernel's constexpr parameters, in order
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "VPARTS")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
@@ -634,7 +588,7 @@ def descriptors_ok(tensors_and_strides, element_size: int) -> bool:
 def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, scale: Optional[float] = None,
                     causal: bool = False, return_lse: bool = False, out4: Optional[torch.Tensor] = None,
                     config: Optional[configs.TileConfig] = None, splits: Optional[int] = None,
-                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None, pdl: Optional[bool] = None):
+                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
     """Attention on (B, H, S, D) tensors of any strides (tests, benchmarks). Writes into `out4` when given.
     Returns out4, or (out4, lse) with lse fp32 (B, H, Sq)."""
     B, H, Sq, D = q4.shape
@@ -649,7 +603,7 @@ def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, sca
         use_descriptors = info.use_descriptors and descriptors_ok(
             [(t, t.stride()) for t in (q4, k4, v4, out4)], q4.element_size())
     plan = Plan(q4.device, q4.dtype, B, H, Sq, Sk, D, causal=causal, want_lse=return_lse, config=config,
-                splits=splits, use_descriptors=use_descriptors, head=head, pdl=pdl)
+                splits=splits, use_descriptors=use_descriptors, head=head)
     launch(plan, q4, k4, v4, out4, lse, q4.stride(), k4.stride(), v4.stride(), out4.stride(), float(scale),
            H, Sq, Sk)
     return (out4, lse) if return_lse else out4
