@@ -1,8 +1,9 @@
 """Measured dispatch (policy "auto"): time every eligible backend on a call's shape, keep the fastest correct one.
 
 The first time the router meets a call signature with more than one eligible backend, each is run on random
-inputs of that exact shape, dtype, layout and strides, checked against `sdpa` on the same inputs, and timed; the
-fastest within tolerance wins. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
+inputs of that exact shape, dtype, layout and strides, checked against `sdpa` on the same inputs, and timed in
+interleaved rounds (per call, in a stream of back-to-back calls, as a UNet makes them: max(host, device) time;
+no sync per call, which would add a round trip to every call); the fastest within tolerance wins. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
 with sequence lengths bucketed (half-octaves) so that a new resolution does not re-tune everything. A cache that
 is corrupt or from another setup is ignored with one log line.
 
@@ -56,31 +57,38 @@ def bucket_key(call: AttentionCall) -> str:
 
 
 def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: int, batch: int,
-                      host_only: bool = False) -> list:
+                      host_only: bool = False, clock: Callable[[], float] = time.perf_counter) -> list:
     """Microseconds per call of fn(), one sample per batch of `batch` back-to-back calls, synchronised only
     around each batch (after `warmup` untimed calls). host_only: the clock stops before the synchronisation, so
     a sample is the host's time to issue the calls, not the device's to run them."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(batch):
+    return interleaved_samples_us({"": fn}, device, warmup=warmup, reps=reps, batch=batch, host_only=host_only,
+                                  clock=clock)[""]
+
+
+def interleaved_samples_us(fns: dict, device: torch.device, *, warmup: int, reps: int, batch: int,
+                           host_only: bool = False, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """name -> `reps` samples (microseconds per call) for each fn of `fns`, as stream_samples_us takes them, but
+    in rounds: round r times one batch of every fn, starting at position r (mod their number). A slow spell of
+    the host or the device clocks then lands on every fn alike instead of on whichever was being timed."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        if host_only:
-            times.append((time.perf_counter() - t0) * 1e6 / batch)
-        synchronize(device)
-        if not host_only:
-            times.append((time.perf_counter() - t0) * 1e6 / batch)
-    return times
-
-
-def time_us(fn: Callable, device: torch.device, *, warmup: int = 2, reps: int = 5, batch: int = 10) -> float:
-    """Microseconds per call of fn() in a stream of back-to-back calls, as a UNet makes them: the median over
-    `reps` batches of `batch` calls. That is max(host time, device time) per call; a sync per call would add
-    the round trip to every call and blur the small shapes together."""
-    return statistics.median(stream_samples_us(fn, device, warmup=warmup, reps=reps, batch=batch))
+    synchronize(device)
+    names = list(fns)
+    samples: dict = {n: [] for n in names}
+    for r in range(reps):
+        k = r % len(names) if names else 0
+        for n in names[k:] + names[:k]:
+            fn = fns[n]
+            t0 = clock()
+            for _ in range(batch):
+                fn()
+            if host_only:
+                samples[n].append((clock() - t0) * 1e6 / batch)
+            synchronize(device)
+            if not host_only:
+                samples[n].append((clock() - t0) * 1e6 / batch)
+    return samples
 
 
 def _like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -146,8 +154,8 @@ class MeasuredChooser:
         self.directory = directory
         self.reps = reps
         self.batch = batch
-        # timer(backend, fn, device) -> microseconds per call; tests inject a deterministic one
-        self.timer = timer or (lambda backend, fn, device: time_us(fn, device, reps=self.reps, batch=self.batch))
+        # timer({name: (backend, fn)}, device) -> {name: microseconds per call}; tests inject a deterministic one
+        self.timer = timer or self._interleaved
         self.measure_cpu = measure_cpu  # tests only: on a real CPU setup there is nothing to choose
         self._caches: dict = {}
 
@@ -171,15 +179,21 @@ class MeasuredChooser:
         cache.put(key, entry)
         return next(b for b in eligible if b.name == entry["backend"])
 
+    def _interleaved(self, runs: dict, device: torch.device) -> dict:
+        """Median per backend over `reps` interleaved rounds of `batch` calls each (interleaved_samples_us)."""
+        samples = interleaved_samples_us({n: fn for n, (_, fn) in runs.items()}, device, warmup=2, reps=self.reps,
+                                         batch=self.batch)
+        return {n: statistics.median(t) for n, t in samples.items()}
+
     def measure(self, call: AttentionCall, eligible: list) -> dict:
         gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
         trial = synthetic_call(call, gen)
         fallback = next((b for b in eligible if b.is_fallback), None)
         ref = _first(fallback.run(trial)) if fallback is not None else None
         tol = AGREEMENT_TOL.get(call.dtype, 1e-3)
-        times, errors, rejected = {}, {}, {}
+        runs, times, errors, rejected = {}, {}, {}, {}
         t_start = time.perf_counter()
-        for b in eligible:
+        for b in eligible:  # correctness first (and compilation, outside the timed rounds)
             try:
                 out = _first(b.run(trial))
                 if ref is not None and b is not fallback:
@@ -188,9 +202,19 @@ class MeasuredChooser:
                     if not math.isfinite(err) or err > tol:
                         rejected[b.name] = f"differs from sdpa by {err:.2e} (tolerance {tol:.0e})"
                         continue
-                times[b.name] = round(self.timer(b, lambda: b.run(trial), call.device), 2)
+                runs[b.name] = (b, lambda b=b: b.run(trial))
             except Exception as e:  # noqa: BLE001
                 rejected[b.name] = one_line(e, 200)
+        if runs:
+            try:
+                times = self.timer(runs, call.device)
+            except Exception:  # noqa: BLE001 - one backend failed while timed: time each alone to find it
+                for name, run in runs.items():
+                    try:
+                        times.update(self.timer({name: run}, call.device))
+                    except Exception as e:  # noqa: BLE001
+                        rejected[name] = one_line(e, 200)
+        times = {n: round(t, 2) for n, t in times.items()}
         for name, why in rejected.items():
             log.warning("tuning %s: %s rejected (%s)", call.describe(), name, why)
         best = min(times, key=times.get) if times else eligible[0].name

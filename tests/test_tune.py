@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import statistics
 
 import pytest
 import torch
@@ -29,10 +30,13 @@ class Timed(Backend):
 COSTS = {"sdpa": 50.0}
 
 
-def declared_cost(backend, fn, device):
-    """The chooser's timer, made exact: run the backend once, report what it declares (sdpa: 50 us)."""
-    fn()
-    return getattr(backend, "cost_us", COSTS.get(backend.name))
+def declared_cost(runs, device):
+    """The chooser's timer, made exact: run each backend once, report what it declares (sdpa: 50 us)."""
+    out = {}
+    for name, (backend, fn) in runs.items():
+        fn()
+        out[name] = getattr(backend, "cost_us", COSTS.get(backend.name))
+    return out
 
 
 def chooser_for(tmp_path):
@@ -155,7 +159,58 @@ def test_cache_of_an_older_format_is_not_trusted(tmp_path, rng, caplog):
     assert any("another setup or cache version" in r.getMessage() for r in caplog.records)
 
 
-def test_time_us_reports_microseconds_per_call():
+def test_stream_samples_report_microseconds_per_call():
     import time
-    from arcattn.tune import time_us
-    assert time_us(lambda: time.sleep(0.001), torch.device("cpu"), warmup=0, reps=2, batch=2) >= 1000
+    from arcattn.tune import stream_samples_us
+    samples = stream_samples_us(lambda: time.sleep(0.001), torch.device("cpu"), warmup=0, reps=2, batch=2)
+    assert len(samples) == 2 and min(samples) >= 1000
+
+
+class SlowSpell:
+    """A fake clock and host: each call advances the clock by its cost, doubled during the first `spell` calls
+    (a busy host, a GPU still raising its clocks)."""
+
+    def __init__(self, spell):
+        self.now, self.calls, self.spell = 0.0, 0, spell
+
+    def fn(self, cost_us):
+        def call():
+            self.calls += 1
+            self.now += cost_us * 1e-6 * (2 if self.calls <= self.spell else 1)
+        return call
+
+
+def test_interleaved_rounds_resist_a_slow_spell():
+    """Timed one after the other, the backend timed during a slow spell looks slower than one 1.5x its cost;
+    interleaved, the spell lands on both and the cheaper one wins."""
+    from arcattn.tune import interleaved_samples_us, stream_samples_us
+    cpu = torch.device("cpu")
+    kw = dict(warmup=2, reps=5, batch=10)
+    h = SlowSpell(spell=60)
+    one_by_one = {n: statistics.median(stream_samples_us(h.fn(c), cpu, clock=lambda: h.now, **kw))
+                  for n, c in (("cheap", 100.0), ("dear", 150.0))}
+    assert one_by_one["cheap"] > one_by_one["dear"]  # the bias this guards against
+    h = SlowSpell(spell=60)
+    together = interleaved_samples_us({"cheap": h.fn(100.0), "dear": h.fn(150.0)}, cpu, clock=lambda: h.now, **kw)
+    assert all(len(t) == 5 for t in together.values())
+    assert statistics.median(together["cheap"]) < statistics.median(together["dear"])
+
+
+def test_backend_failing_while_timed_is_rejected_others_still_timed(tmp_path, rng):
+    """The real (interleaved) timer on the CPU: a backend that passes its check run but raises while timed is
+    rejected; the others are timed alone and the fastest of them wins."""
+    class FailsLater(Timed):
+        def run(self, call):
+            if self.runs >= 1:
+                self.runs += 1
+                raise RuntimeError("device lost")
+            return super().run(call)
+
+    flaky = FailsLater("flaky", 1.0)
+    chooser = MeasuredChooser(str(tmp_path), measure_cpu=True, reps=2, batch=2)
+    router = Router([flaky, SDPABackend()], disabled=(), prefer="", chooser=chooser)
+    arcattn.set_router(router)
+    arcattn.attention(*qkv(rng), heads=4)
+    entry = next(iter(chooser.cache(torch.device("cpu")).entries.values()))
+    assert router.decisions()[0]["backend"] == "sdpa"
+    assert "device lost" in entry["rejected"]["flaky"] and set(entry["times_us"]) == {"sdpa"}
