@@ -1,7 +1,8 @@
-"""How often does measured dispatch pick each backend? The chooser's measurement repeated on SD1.5's shapes,
-each backend timed one after the other (the chooser before the fifth session) and in interleaved rounds (after),
-on a quiet host and with a busy one (a Python thread holding the interpreter a third of the time, as a
-host's UI or a data loader can). A decision that flips between runs on a shape where the backends differ by 10 % is a mis-pick.
+"""How often does measured dispatch pick each backend? The chooser's measurement repeated on SD1.5's and
+SDXL's main shapes: each backend timed one after the other (the chooser before the fifth session) or in
+interleaved rounds (after), each decided by the median and by the minimum of a backend's samples, on a quiet
+host and on a busy one (a Python thread holding the interpreter a third of the time, as a host's UI or a data
+loader can). A decision that flips between runs where the backends differ by 10 % is a mis-pick.
 
     python bench/gpu_tune_repeat.py [--repeats 12] [--batch 1,2]
 """
@@ -19,16 +20,22 @@ import torch
 import arcattn
 from arcattn.call import make_call
 from arcattn.env import default_device, describe
-from arcattn.tune import MeasuredChooser, stream_samples_us
+from arcattn.tune import MeasuredChooser, interleaved_samples_us, stream_samples_us
 
 SHAPES = [("in1 self", 8, 40, 4096, 4096), ("in1 cross", 8, 40, 4096, 77), ("in2 self", 8, 80, 1024, 1024),
-          ("in3 self", 8, 160, 256, 256)]
+          ("in3 self", 8, 160, 256, 256), ("xl in2 self", 10, 64, 4096, 4096), ("xl in3 self", 20, 64, 1024, 1024)]
 
 
 def one_by_one(runs: dict, device) -> dict:
-    """The chooser's timing before interleaving: each backend's batches in turn, in eligible order."""
-    return {n: statistics.median(stream_samples_us(fn, device, warmup=2, reps=5, batch=10))
-            for n, (_, fn) in runs.items()}
+    """Samples as the chooser took them before interleaving: each backend's batches in turn, in eligible order."""
+    return {n: stream_samples_us(fn, device, warmup=2, reps=5, batch=10) for n, (_, fn) in runs.items()}
+
+
+def interleaved(runs: dict, device) -> dict:
+    return interleaved_samples_us({n: fn for n, (_, fn) in runs.items()}, device, warmup=2, reps=5, batch=10)
+
+
+ESTIMATORS = {"median": statistics.median, "min": min}
 
 
 class BusyHost:
@@ -71,24 +78,32 @@ def main(argv=None) -> int:
                 print(f"  {name} B={B}: one eligible backend")
                 continue
             for host in ("quiet", "busy"):
-                for mode, timer in (("one-by-one", one_by_one), ("interleaved", None)):
-                    picks, per = Counter(), {}
-                    t0 = time.perf_counter()
+                for mode, sampler in (("one-by-one", one_by_one), ("interleaved", interleaved)):
+                    picks = {e: Counter() for e in ESTIMATORS}
+                    per = {}
                     for _ in range(args.repeats):
+                        taken = {}
+
+                        def timer(runs, dev, sampler=sampler, taken=taken):
+                            taken.update(sampler(runs, dev))
+                            return {n: statistics.median(t) for n, t in taken.items()}
                         chooser = MeasuredChooser(timer=timer)
                         if host == "busy":
                             with BusyHost():
-                                entry = chooser.measure(call, eligible)
+                                chooser.measure(call, eligible)
                         else:
-                            entry = chooser.measure(call, eligible)
-                        picks[entry["backend"]] += 1
-                        for n, t in entry["times_us"].items():
-                            per.setdefault(n, []).append(t)
-                    spent = (time.perf_counter() - t0) / args.repeats
-                    times = ", ".join(f"{n} {statistics.median(t):.1f} [{min(t):.1f}-{max(t):.1f}] us"
-                                      for n, t in per.items())
-                    print(f"  {name:<9} B={B} {host:<5} {mode:<11} picks {dict(picks)}  {times}  "
-                          f"({spent * 1e3:.0f} ms per measurement)", flush=True)
+                            chooser.measure(call, eligible)
+                        for e, f in ESTIMATORS.items():
+                            est = {n: f(t) for n, t in taken.items()}
+                            picks[e][min(est, key=est.get)] += 1
+                            for n, t in est.items():
+                                per.setdefault((e, n), []).append(t)
+                    for e in ESTIMATORS:
+                        times = ", ".join(f"{n} {statistics.median(per[(e, n)]):.1f} "
+                                          f"[{min(per[(e, n)]):.1f}-{max(per[(e, n)]):.1f}] us"
+                                          for n in taken)
+                        print(f"  {name:<9} B={B} {host:<5} {mode:<11} {e:<6} picks {dict(picks[e])}  {times}",
+                              flush=True)
     return 0
 
 
