@@ -2,9 +2,10 @@
 
 The first time the router meets a call signature with more than one eligible backend, each is run on random
 inputs of that exact shape, dtype, layout and strides, checked against `sdpa` on the same inputs, and timed in
-interleaved rounds (per call, in a stream of back-to-back calls, as a UNet makes them: max(host, device) time;
-no sync per call, which would add a round trip to every call; each backend's fastest round counts); the fastest
-within tolerance wins. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
+interleaved rounds, each backend's fastest round counting: on CUDA the GPU time per call (the host's share hidden
+behind a sleep kernel), elsewhere the time per call in a stream of back-to-back calls, as a UNet makes them
+(max(host, device); no sync per call, which would add a round trip to every call). The fastest within tolerance
+wins. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
 with sequence lengths bucketed (half-octaves) so that a new resolution does not re-tune everything. A cache that
 is corrupt or from another setup is ignored with one log line.
 
@@ -88,6 +89,47 @@ def interleaved_samples_us(fns: dict, device: torch.device, *, warmup: int, reps
             synchronize(device)
             if not host_only:
                 samples[n].append((clock() - t0) * 1e6 / batch)
+    return samples
+
+
+def device_samples_us(fns: dict, device: torch.device, *, warmup: int, reps: int, batch: int) -> Optional[dict]:
+    """name -> `reps` samples of GPU time per call for each fn of `fns`, in interleaved rounds, with the host's
+    share taken out: every timed batch waits in the queue behind a sleep kernel that outlasts the host's
+    enqueueing of it, so CUDA events around the batch see only the device's work. CUDA only (torch.cuda._sleep);
+    None elsewhere or when that private helper is missing."""
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if device.type != "cuda" or sleep is None:
+        return None
+    enqueue_us = 0.0  # the host's time to issue one batch, the slowest fn's, measured on the warm-up calls
+    for fn in fns.values():
+        for _ in range(max(0, warmup - 1)):
+            fn()
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        enqueue_us = max(enqueue_us, (time.perf_counter() - t0) * 1e6)
+    synchronize(device)
+    # three times the enqueueing, in cycles of a 2 GHz clock (a faster clock still leaves 2x); at most 50 ms
+    cycles = int(min(3 * enqueue_us + 200, 50_000) * 2_000)
+    names = list(fns)
+    marks = []
+    with torch.cuda.device(device):
+        for r in range(reps):
+            k = r % len(names) if names else 0
+            for n in names[k:] + names[:k]:
+                fn = fns[n]
+                sleep(cycles)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(batch):
+                    fn()
+                end.record()
+                marks.append((n, start, end))
+        torch.cuda.synchronize(device)
+    samples: dict = {n: [] for n in names}
+    for n, start, end in marks:
+        samples[n].append(start.elapsed_time(end) * 1e3 / batch)
     return samples
 
 
@@ -180,12 +222,17 @@ class MeasuredChooser:
         return next(b for b in eligible if b.name == entry["backend"])
 
     def _interleaved(self, runs: dict, device: torch.device) -> dict:
-        """Per backend, its fastest of `reps` interleaved rounds of `batch` calls (interleaved_samples_us). The
-        minimum, not the median: a busy host or a clock dip only ever adds time, and one busy spell during the
-        measurement must not decide for good. (H100, a host thread holding the interpreter a third of the time:
-        the median picked a 10 % slower backend in 20 of 96 decisions, the minimum in 1; bench/NOTES_triton.md.)"""
-        samples = interleaved_samples_us({n: fn for n, (_, fn) in runs.items()}, device, warmup=2, reps=self.reps,
-                                         batch=self.batch)
+        """Per backend, its fastest of `reps` interleaved rounds of `batch` calls. On CUDA the GPU's time per call
+        (device_samples_us): a slow host must not make a backend that costs the GPU more look faster, which is
+        what happened with stream times on a loaded host (SD1.5's 4096^2 self-attention went to the kernel that
+        is 10 % slower on the device). Elsewhere the time per call in a stream (interleaved_samples_us).
+        The minimum, not the median: a busy host or a clock dip only ever adds time, and one busy spell during
+        the measurement must not decide for good (H100, a host thread holding the interpreter a third of the
+        time: the median picked a 10 % slower backend in 20 of 96 decisions, the minimum in 1)."""
+        fns = {n: fn for n, (_, fn) in runs.items()}
+        samples = device_samples_us(fns, device, warmup=2, reps=self.reps, batch=self.batch)
+        if samples is None:
+            samples = interleaved_samples_us(fns, device, warmup=2, reps=self.reps, batch=self.batch)
         return {n: min(t) for n, t in samples.items()}
 
     def measure(self, call: AttentionCall, eligible: list) -> dict:

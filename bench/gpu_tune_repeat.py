@@ -1,6 +1,7 @@
 """How often does measured dispatch pick each backend? The chooser's measurement repeated on SD1.5's and
-SDXL's main shapes: each backend timed one after the other (the chooser before the fifth session) or in
-interleaved rounds (after), each decided by the median and by the minimum of a backend's samples, on a quiet
+SDXL's main shapes: each backend timed one after the other (the chooser before the fifth session), in
+interleaved rounds, or on the device (interleaved, the host's share hidden: the chooser since visit 45), each
+decided by the median and by the minimum of a backend's samples, on a quiet
 host and on a busy one (a Python thread holding the interpreter a third of the time, as a host's UI or a data
 loader can). A decision that flips between runs where the backends differ by 10 % is a mis-pick.
 
@@ -20,7 +21,7 @@ import torch
 import arcattn
 from arcattn.call import make_call
 from arcattn.env import default_device, describe
-from arcattn.tune import MeasuredChooser, interleaved_samples_us, stream_samples_us
+from arcattn.tune import MeasuredChooser, device_samples_us, interleaved_samples_us, stream_samples_us
 
 SHAPES = [("in1 self", 8, 40, 4096, 4096), ("in1 cross", 8, 40, 4096, 77), ("in2 self", 8, 80, 1024, 1024),
           ("in3 self", 8, 160, 256, 256), ("xl in2 self", 10, 64, 4096, 4096), ("xl in3 self", 20, 64, 1024, 1024)]
@@ -33,6 +34,11 @@ def one_by_one(runs: dict, device) -> dict:
 
 def interleaved(runs: dict, device) -> dict:
     return interleaved_samples_us({n: fn for n, (_, fn) in runs.items()}, device, warmup=2, reps=5, batch=10)
+
+
+def on_device(runs: dict, device) -> dict:
+    """The chooser's timing since visit 45: GPU time per call, the host's share hidden behind a sleep kernel."""
+    return device_samples_us({n: fn for n, (_, fn) in runs.items()}, device, warmup=2, reps=5, batch=10)
 
 
 ESTIMATORS = {"median": statistics.median, "min": min}
@@ -78,7 +84,8 @@ def main(argv=None) -> int:
                 print(f"  {name} B={B}: one eligible backend")
                 continue
             for host in ("quiet", "busy"):
-                for mode, sampler in (("one-by-one", one_by_one), ("interleaved", interleaved)):
+                for mode, sampler in (("one-by-one", one_by_one), ("interleaved", interleaved),
+                                      ("device", on_device)):
                     picks = {e: Counter() for e in ESTIMATORS}
                     per = {}
                     for _ in range(args.repeats):

@@ -230,3 +230,32 @@ def test_backend_failing_while_timed_is_rejected_others_still_timed(tmp_path, rn
     entry = next(iter(chooser.cache(torch.device("cpu")).entries.values()))
     assert router.decisions()[0]["backend"] == "sdpa"
     assert "device lost" in entry["rejected"]["flaky"] and set(entry["times_us"]) == {"sdpa"}
+
+
+def test_device_samples_need_cuda():
+    from arcattn.tune import device_samples_us
+    assert device_samples_us({"a": lambda: None}, torch.device("cpu"), warmup=1, reps=1, batch=1) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (device times)")
+def test_device_samples_hide_the_host_cuda():
+    """A backend costing the host 300 us and the GPU one tiny kernel against one costing the GPU ~100 us: in a
+    stream the first looks slower, on the device it is faster, and the chooser goes by the device."""
+    import time
+    from arcattn.tune import device_samples_us
+    x = torch.zeros(1, device="cuda")
+
+    def host_heavy():
+        t_end = time.perf_counter() + 3e-4
+        while time.perf_counter() < t_end:
+            pass
+        x.add_(1)
+
+    def device_heavy():
+        torch.cuda._sleep(200_000)  # ~100 us at 2 GHz, longer at lower clocks
+
+    cuda = torch.device("cuda")
+    s = device_samples_us({"host": host_heavy, "device": device_heavy}, cuda, warmup=2, reps=3, batch=5)
+    assert max(s["host"]) < 50 and min(s["device"]) > 80, s
+    t = MeasuredChooser(reps=3, batch=5).timer({"host": (None, host_heavy), "device": (None, device_heavy)}, cuda)
+    assert t["host"] < t["device"], t
