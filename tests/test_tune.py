@@ -259,3 +259,19 @@ def test_device_samples_hide_the_host_cuda():
     assert max(s["host"]) < 50 and min(s["device"]) > 80, s
     t = MeasuredChooser(reps=3, batch=5).timer({"host": (None, host_heavy), "device": (None, device_heavy)}, cuda)
     assert t["host"] < t["device"], t
+
+
+@pytest.mark.parametrize("fast_cost, expected", [(46.0, "sdpa"), (40.0, "fast")])
+def test_priority_choice_kept_unless_clearly_slower(tmp_path, rng, fast_cost, expected):
+    """The fixed-priority choice (sdpa here: `fast` declares a measured loss) stays when the measured winner is
+    within 10 % of it (46 vs 50 us) and is replaced when the winner is clearly faster (40 vs 50 us)."""
+    class Ruled(Timed):
+        def slower_reasons(self, call):
+            return ["measured slower here"]
+
+    fast = Ruled("fast", fast_cost)
+    router, chooser = make_router(tmp_path, fast)
+    arcattn.attention(*qkv(rng), heads=4)
+    entry = next(iter(chooser.cache(torch.device("cpu")).entries.values()))
+    assert router.decisions()[0]["backend"] == expected
+    assert entry["kept_priority_choice"] == (expected == "sdpa")
