@@ -224,12 +224,11 @@ class MeasuredChooser:
 
     def _interleaved(self, runs: dict, device: torch.device) -> dict:
         """Per backend, its fastest of `reps` interleaved rounds of `batch` calls. On CUDA the GPU's time per call
-        (device_samples_us): a slow host must not make a backend that costs the GPU more look faster, which is
-        what happened with stream times on a loaded host (SD1.5's 4096^2 self-attention went to the kernel that
-        is 10 % slower on the device). Elsewhere the time per call in a stream (interleaved_samples_us).
-        The minimum, not the median: a busy host or a clock dip only ever adds time, and one busy spell during
-        the measurement must not decide for good (H100, a host thread holding the interpreter a third of the
-        time: the median picked a 10 % slower backend in 20 of 96 decisions, the minimum in 1)."""
+        (device_samples_us), elsewhere the time per call in a stream (interleaved_samples_us). The minimum, not
+        the median: a busy host or a clock dip only ever adds time. H100, SD shapes whose backends differ by 10 %
+        or more, a host thread holding the interpreter a third of the time (bench/gpu_tune_repeat.py, visits 43
+        and 45): stream times picked the slower backend in 7-18 of 64-96 decisions by the median and 0-4 by the
+        minimum; device times in none of 64. On a quiet host none of the ways erred."""
         fns = {n: fn for n, (_, fn) in runs.items()}
         samples = device_samples_us(fns, device, warmup=2, reps=self.reps, batch=self.batch)
         if samples is None:
