@@ -58,6 +58,12 @@ def bucket_key(call: AttentionCall) -> str:
             f"{' causal' if call.causal else ''}{' lse' if call.want_lse else ''}")
 
 
+def rotated(seq: list, r: int) -> list:
+    """seq starting at position r (mod its length): round r's order, so that no contender always goes first."""
+    k = r % len(seq) if seq else 0
+    return seq[k:] + seq[:k]
+
+
 def stream_samples_us(fn: Callable, device: torch.device, *, warmup: int, reps: int, batch: int,
                       host_only: bool = False, clock: Callable[[], float] = time.perf_counter) -> list:
     """Microseconds per call of fn(), one sample per batch of `batch` back-to-back calls, synchronised only
@@ -79,8 +85,7 @@ def interleaved_samples_us(fns: dict, device: torch.device, *, warmup: int, reps
     names = list(fns)
     samples: dict = {n: [] for n in names}
     for r in range(reps):
-        k = r % len(names) if names else 0
-        for n in names[k:] + names[:k]:
+        for n in rotated(names, r):
             fn = fns[n]
             t0 = clock()
             for _ in range(batch):
@@ -101,6 +106,11 @@ def device_samples_us(fns: dict, device: torch.device, *, warmup: int, reps: int
     sleep = getattr(torch.cuda, "_sleep", None)
     if device.type != "cuda" or sleep is None:
         return None
+    try:
+        with torch.cuda.device(device):
+            sleep(1)
+    except Exception:  # noqa: BLE001 - a build without it (or without events): stream times instead
+        return None
     enqueue_us = 0.0  # the host's time to issue one batch, the slowest fn's, measured on the warm-up calls
     for fn in fns.values():
         for _ in range(max(0, warmup - 1)):
@@ -117,8 +127,7 @@ def device_samples_us(fns: dict, device: torch.device, *, warmup: int, reps: int
     marks = []
     with torch.cuda.device(device):
         for r in range(reps):
-            k = r % len(names) if names else 0
-            for n in names[k:] + names[:k]:
+            for n in rotated(names, r):
                 fn = fns[n]
                 sleep(cycles)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -23,7 +23,7 @@ import torch
 
 import arcattn
 from arcattn.env import default_device, describe, synchronize, versions
-from arcattn.tune import MeasuredChooser, stream_samples_us
+from arcattn.tune import MeasuredChooser, rotated, stream_samples_us
 
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
@@ -43,12 +43,6 @@ def median_ms(fn, device, warmup=3, reps=10):
     """(median, min, max) ms of one synchronised call of fn()."""
     times = [t / 1e3 for t in stream_samples_us(fn, device, warmup=warmup, reps=reps, batch=1)]
     return statistics.median(times), min(times), max(times)
-
-
-def rotated(seq: list, r: int) -> list:
-    """seq starting at position r (mod its length): round r's order, so no variant always runs first."""
-    k = r % len(seq) if seq else 0
-    return seq[k:] + seq[:k]
 
 
 class Switch:
