@@ -5,9 +5,10 @@ inputs of that exact shape, dtype, layout and strides, checked against `sdpa` on
 interleaved rounds, each backend's fastest round counting: on CUDA the GPU time per call (the host's share hidden
 behind a sleep kernel), elsewhere the time per call in a stream of back-to-back calls, as a UNet makes them
 (max(host, device); no sync per call, which would add a round trip to every call). The fastest within tolerance
-wins, unless the fixed-priority policy's own choice is within KEEP_MARGIN of it: then that stays. Results are kept on disk, keyed by device, driver and torch/Triton/arcattn versions,
-with sequence lengths bucketed (half-octaves) so that a new resolution does not re-tune everything. A cache that
-is corrupt or from another setup is ignored with one log line.
+wins, unless the fixed-priority policy's own choice is within KEEP_MARGIN of it: then that stays. Results are
+kept on disk, keyed by device, driver and torch/Triton/arcattn versions, with sequence lengths bucketed
+(half-octaves) so that a new resolution does not re-tune everything. A cache that is corrupt or from another
+setup is ignored with one log line.
 
 Policy: ARCATTN_POLICY=auto (default on GPUs) | priority (fixed order). ARCATTN_TUNE=0 turns measuring off.
 On the CPU "auto" is "priority": there is nothing to gain, and CI never tunes.
