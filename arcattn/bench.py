@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .dispatch import one_line
 from .env import synchronize
-from .tune import stream_samples_us
+from .tune import rotated, stream_samples_us
 
 DEFAULT_SHAPES = Path(__file__).resolve().parent.parent / "bench" / "shapes.json"
 QUICK_SHAPES = [
@@ -207,8 +207,7 @@ def bench_case(shape: dict, B: int, dtype: torch.dtype, device: torch.device, wa
     gc.disable()
     try:
         for r in range(reps if all(n > 1 for *_, n in timed) else min(reps, 3)):
-            k = r % max(1, len(timed))
-            for row, m, fn, n in timed[k:] + timed[:k]:
+            for row, m, fn, n in rotated(timed, r):
                 with (m.ctx() if m.ctx else contextlib.nullcontext()):
                     samples[id(row)].append(sample_us(fn, device, n, warm))
     finally:
@@ -273,19 +272,26 @@ def breakdown(shape: dict, B: int, dtype: torch.dtype, device: torch.device, n: 
     return res
 
 
+def capture_graph(fn, device, *, calls: int = 1, warmup: int = 3):
+    """A CUDA graph of `calls` back-to-back calls of fn(), captured after `warmup` calls on a side stream (so
+    that lazy initialisation and allocations happen outside the capture)."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    return g
+
+
 def graph_us(fn, device, calls: int = 20, replays: int = 20) -> Optional[float]:
     """GPU time per call from replaying a CUDA graph of `calls` back-to-back calls (no launch gaps)."""
     try:
-        s = torch.cuda.Stream(device)
-        s.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream(device).wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(calls):
-                fn()
+        g = capture_graph(fn, device, calls=calls)
         g.replay()
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -22,6 +22,7 @@ import time
 import torch
 
 import arcattn
+from arcattn.bench import capture_graph
 from arcattn.env import default_device, describe, synchronize, versions
 from arcattn.tune import MeasuredChooser, rotated, stream_samples_us
 
@@ -79,22 +80,6 @@ def variant_processors(variants):
                                     chooser=MeasuredChooser() if v == "auto" else None)
             procs[v] = ArcAttnProcessor(None if v in ("auto", "priority") else v, router=router)
     return procs
-
-
-def capture_graph(step):
-    """A CUDA graph of the step (after two warm-up steps on a side stream), replayed three times."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    for _ in range(3):
-        g.replay()
-    return g
 
 
 def replay_ms(g, replays):
@@ -178,7 +163,10 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
             for v in variants:
                 switch.current = procs[v]
                 try:
-                    captured[v] = capture_graph(step)
+                    g = capture_graph(step, device, warmup=2)
+                    for _ in range(3):
+                        g.replay()
+                    captured[v] = g
                 except Exception as e:  # noqa: BLE001
                     res[v]["graph_error"] = f"{type(e).__name__}: {e}"[:200]
             samples = {v: [] for v in captured}
@@ -186,7 +174,7 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
                 for v in rotated(list(captured), r):
                     samples[v] += replay_ms(captured[v], 10)
             graphs = {v: statistics.median(t) for v, t in samples.items()}
-            del captured
+            captured = g = None  # the graphs and their memory pools go
     ref = outs.get("stock")
     for v in variants:
         r = res[v]
