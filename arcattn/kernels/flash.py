@@ -173,7 +173,7 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                s_ks, s_kd, s_vs, s_vd, qk_scale,
                D: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, C1: tl.constexpr,
                E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
                IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state."""
