@@ -35,7 +35,8 @@ from .reference import AGREEMENT_TOL, rel_error
 
 log = logging.getLogger("arcattn")
 
-CACHE_VERSION = 3  # 2: times are per call in a stream of calls; 3: device times on CUDA, priority kept within 10 %
+CACHE_VERSION = 4  # 2: times are per call in a stream of calls; 3: device times on CUDA, priority kept within 10 %;
+#                   4: the Triton backend gained the short-keys kernel (its times changed)
 KEEP_MARGIN = 0.10  # another backend must be this much faster to replace the fixed-priority policy's choice
 
 
@@ -145,9 +146,14 @@ def device_samples_us(fns: dict, device: torch.device, *, warmup: int, reps: int
 
 
 def _like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Fresh random values with t's shape, strides, dtype and device (never zeros)."""
+    """Fresh random values with t's shape, strides, dtype and device (never zeros). On a GPU they are drawn there,
+    from a seed drawn from gen: drawing SD's largest inputs on the host took ~0.2 s of the 2 s a tuning run may
+    take (H100 host, cProfile, visit 52)."""
     out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    return out.copy_(torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype))
+    if t.device.type == "cpu":
+        return out.copy_(torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype))
+    on_device = torch.Generator(device=t.device).manual_seed(int(torch.randint(1 << 62, (1,), generator=gen)))
+    return out.copy_(torch.randn(t.shape, generator=on_device, device=t.device, dtype=t.dtype))
 
 
 def synthetic_call(call: AttentionCall, gen: torch.Generator) -> AttentionCall:

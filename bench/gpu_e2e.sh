@@ -36,5 +36,5 @@ if has pytest; then
   timeout 150 python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest.txt"
 fi
 if has pytest_triton; then
-  timeout 150 python3 -m pytest tests/test_triton_kernel.py tests/test_api.py tests/test_tune.py -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/pytest.txt"
+  timeout 420 python3 -m pytest tests/test_triton_kernel.py tests/test_api.py tests/test_tune.py -q -rf -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/pytest.txt"
 fi

@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37|49|50 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -155,7 +155,38 @@ VISITS["37"] = [
 # switches were removed after it (bench/NOTES_triton.md), and its case list with them.
 # Visit 32 (keys in two streams per program, TileConfig.key_halves, "kh" after the head spec) ran at commit 73c99f8;
 # removed after it the same way.
-CASES = VISITS[os.environ.get("GPU_VARIANTS", "37")]
+# the short-keys kernel (kernels/short_keys.py; "qtN" after the head spec: N query tiles per program) on every
+# cross-attention shape of SD1.5 and SDXL, beside the flash kernel's own choice
+def _short(tiles):
+    return [(None, None)] + [(c, None, f"qt{n}") for c, n in tiles]
+
+
+VISITS["49"] = [
+    ("sd15-512 in1 cross", (1, 2), _short([((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2), ((128, 64, 8, 3), 4),
+                                           ((128, 64, 4, 3), 1), ((128, 64, 4, 3), 2), ((128, 64, 4, 3), 4),
+                                           ((64, 64, 4, 3), 2), ((64, 64, 4, 3), 4), ((64, 64, 4, 3), 8),
+                                           ((128, 64, 8, 2), 2)])),
+    ("sdxl-1024 in2 cross", (1, 2), _short([((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2), ((128, 64, 8, 3), 4),
+                                            ((128, 64, 4, 3), 1), ((128, 64, 4, 3), 2), ((64, 64, 4, 3), 2),
+                                            ((64, 64, 4, 3), 4)])),
+    ("sd15-512 in2 cross", (1, 2), _short([((64, 64, 4, 3), 1), ((64, 64, 4, 3), 2), ((64, 64, 4, 3), 4),
+                                           ((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2), ((128, 64, 4, 2), 1),
+                                           ((64, 64, 4, 2), 2)])),
+    ("sdxl-1024 in3 cross", (1, 2), _short([((64, 64, 4, 3), 1), ((64, 64, 4, 3), 2), ((64, 64, 4, 3), 4),
+                                            ((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2), ((128, 64, 4, 3), 1)])),
+    ("sd15-512 in3 cross", (1, 2), _short([((64, 64, 4, 2), 1), ((32, 64, 4, 2), 1), ((64, 64, 8, 2), 1),
+                                           ((32, 64, 4, 2), 2)])),
+    ("sd15-512 mid cross", (1, 2), _short([((64, 64, 4, 2), 1), ((32, 64, 4, 2), 1), ((64, 64, 8, 2), 1)])),
+]
+# a long prompt (two 77-token chunks, as ComfyUI concatenates them): 154 keys, past the rule's 128 (128 + 32
+# score columns), against the flash kernel's heuristic choice
+for _n in ("sd15-512 in1 cross", "sd15-512 in2 cross", "sdxl-1024 in2 cross", "sdxl-1024 in3 cross"):
+    SHAPES[_n + " 154"] = dict(SHAPES[_n], name=_n + " 154", Sk=154)
+VISITS["50"] = [
+    (n + " 154", (1, 2), _short([((64, 64, 4, 3), 1), ((64, 64, 4, 3), 2), ((64, 64, 4, 3), 4), ((64, 64, 4, 2), 2),
+                                 ((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2)]))
+    for n in ("sd15-512 in1 cross", "sd15-512 in2 cross", "sdxl-1024 in2 cross", "sdxl-1024 in3 cross")]
+CASES = VISITS[os.environ.get("GPU_VARIANTS", "50")]
 
 
 def sync():
@@ -179,19 +210,25 @@ def value_parts(more):
     return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("vp")), 1)
 
 
-def plan_for(s, B, dtype, cfg, head, desc=False, vp=1):
+def q_tiles(more):
+    """N from a "qtN" element after a variant's head spec (the short-keys kernel), else 0."""
+    return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("qt")), 0)
+
+
+def plan_for(s, B, dtype, cfg, head, desc=False, vp=1, qt=0):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
-                      want_lse=False, config=configs.TileConfig(*cfg[:4], value_parts=vp) if cfg else None,
+                      want_lse=False,
+                      config=configs.TileConfig(*cfg[:4], value_parts=vp, q_tiles=qt) if cfg else None,
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
                       use_descriptors=desc or None)
 
 
-def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1, qt=0):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head, desc, vp)
+    plan = plan_for(s, B, dtype, cfg, head, desc, vp, qt)
     if desc:
         flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
@@ -207,7 +244,8 @@ def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1):
 def compile_one(job):
     name, B, dt, cfg, head, *more = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=value_parts(more))[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=value_parts(more),
+                    qt=q_tiles(more))[0]
         fn()
         sync()
         return None
@@ -256,13 +294,13 @@ def shape_main(name):
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
         for cfg, head, *more in variants:
-                desc, vp = "desc" in more, value_parts(more)
+                desc, vp, qt = "desc" in more, value_parts(more), q_tiles(more)
                 label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "") + (f" vp{vp}" if vp > 1 else "")
-                         if cfg else "default")
+                         + (f" short qt{qt}" if qt else "") if cfg else "default")
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
-                    for dtype in ((torch.float16, torch.bfloat16) if cfg is None else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, vp=vp)
+                    for dtype in ((torch.float16, torch.bfloat16) if cfg is None or qt else (torch.float16,)):
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, vp=vp, qt=qt)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -276,7 +314,7 @@ def shape_main(name):
                         if not err < REFERENCE_TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, vp=vp)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, vp=vp, qt=qt)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)
@@ -312,7 +350,8 @@ def main():
     log(env.describe() if hasattr(env, "describe") else torch.__version__)
     jobs = [(n, b[0], "float16", *v) for n, b, vs in CASES for v in vs]
     jobs += [(n, b, "float16", *v) for n, bs, vs in CASES for b in bs[1:] for v in vs if v[0] is None]
-    jobs += [(n, b, "bfloat16", *v) for n, bs, vs in CASES for b in bs for v in vs if v[0] is None]
+    jobs += [(n, b, "bfloat16", *v) for n, bs, vs in CASES for b in bs for v in vs
+             if v[0] is None or q_tiles(v[2:]) and b == bs[0]]
     with ProcessPoolExecutor(8 if DEV == "cuda" else 2) as ex:
         for r in ex.map(compile_one, jobs):
             if r:

@@ -105,16 +105,92 @@ SWEEP = [
 ]
 
 
-@pytest.mark.parametrize("case", SWEEP, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_backend_sweep_matches_reference(rng, poisoned_empty, case):
+def _short_keys_applies(case) -> bool:
+    """The default plan takes the short-keys kernel for non-causal calls with up to 192 keys."""
+    return not case[7] and case[5] <= configs.SHORT_KEYS["interpreter"]
+
+
+# each case on its default kernel; those that default to the short-keys kernel again on the flash kernel
+SWEEP_KERNELS = [(c, "default") for c in SWEEP] + [(c, "flash") for c in SWEEP if _short_keys_applies(c)]
+
+
+@pytest.mark.parametrize("case,kernel", SWEEP_KERNELS,
+                         ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c) if isinstance(c, tuple) else c)
+def test_backend_sweep_matches_reference(rng, poisoned_empty, monkeypatch, case, kernel):
     layout, dtype, B, H, Sq, Sk, D, causal, lse, strided = case
+    if kernel == "flash":
+        monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "0")
     q, k, v = caller_tensors(rng, layout, B, H, Sq, Sk, D, dtype, strided)
     heads = H if layout == "bsd" else None
     res = arcattn.attention(q, k, v, heads=heads, layout=layout, causal=causal, return_lse=lse, backend="triton")
     out, out_lse = res if lse else (res, None)
     call = make_call(q, k, v, heads=heads, layout=layout, causal=causal, want_lse=lse)
     assert out.shape == call.empty_out()[0].shape and out.is_contiguous(), "output not in the caller's layout"
+    plan = arcattn.get_router().backend("triton")._entries[call.key].plan
+    if kernel == "flash" or not ON_GPU:  # (on a GPU a measured entry may take a shape from the rule)
+        assert plan.short == (kernel == "default" and _short_keys_applies(case)), plan.describe()
     check_against_reference(call, out, out_lse)
+
+
+# (layout, dtype, B, H, Sq, Sk, D, lse, strided, block_m, q_tiles): the short-keys kernel with explicit tiles
+SHORT = [
+    ("bsd", torch.float16, 2, 2, 77, 77, 40, True, False, 16, 2),      # 64 + 16 keys; the last program's tiles ragged
+    ("bsd", torch.bfloat16, 1, 3, 33, 20, 72, False, True, 16, 3),     # one masked block (32 columns for 20 keys)
+    ("bhsd", torch.float16, 1, 1, 45, 154, 160, True, False, 32, 1),   # 128 + 32 keys
+    ("bsd", torch.float32, 1, 2, 29, 154, 64, True, True, 16, 2),      # ... in fp32
+    ("bshd", torch.float16, 3, 1, 1, 1, 80, True, False, 16, 4),       # one query, one key
+    ("bsd", torch.float32, 1, 2, 50, 64, 16, False, True, 16, 5),      # exactly one block, no tail
+    ("bsd", torch.float16, 1, 2, 70, 100, 64, True, False, 32, 2),     # 100 keys: one 128-wide masked block
+]
+
+
+@pytest.mark.parametrize("case", SHORT, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_short_keys_kernel(rng, case):
+    from arcattn.kernels import short_keys
+    layout, dtype, B, H, Sq, Sk, D, lse, strided, bm, tiles = case
+    q, k, v = caller_tensors(rng, layout, B, H, Sq, Sk, D, dtype, strided)
+    call = make_call(q, k, v, heads=H if layout == "bsd" else None, layout=layout, want_lse=lse)
+    out, out4 = call.empty_out()
+    out.fill_(float("nan"))
+    cfg = configs.TileConfig(bm, 16, 4, 1, q_tiles=tiles)
+    res = flash_attention(call.q4, call.k4, call.v4, out4=out4, return_lse=lse, config=cfg)
+    plan = flash.Plan(torch.device(DEV), dtype, B, H, Sq, Sk, D, causal=False, want_lse=lse, config=cfg)
+    assert plan.short and plan.grid == (-(-(-(-Sq // bm)) // tiles), B * H, 1)
+    assert plan.kwargs_al["N0"] + plan.kwargs_al["N1"] == sum(short_keys.key_split(Sk))
+    check_against_reference(call, out, res[1] if lse else None)
+
+
+def test_short_keys_split_spends_fewest_columns():
+    from arcattn.kernels.short_keys import key_split
+    assert key_split(77) == (64, 16) and key_split(154) == (128, 32) and key_split(64) == (64, 0)
+    assert key_split(1) == (16, 0) and key_split(20) == (32, 0) and key_split(100) == (128, 0)
+    for n in range(1, 193):
+        n0, n1 = key_split(n)
+        assert n0 + n1 >= n and n0 & (n0 - 1) == 0 and n0 >= 16 and (n1 == 0 or (n1 >= 16 and n1 & (n1 - 1) == 0))
+
+
+@pytest.mark.parametrize("scale,desc", [(-0.25, False), (0.0, True), (2.0, False)])
+def test_short_keys_scale_and_descriptors(rng, scale, desc):
+    """Any scale (negative: masked keys must stay -inf), and the descriptor path for q and the output (XPU)."""
+    B, H, Sq, Sk, D = 1, 2, 37, 77, 40
+    q, k, v = (rand(rng, B, H, s, D, dtype=torch.float32) for s in (Sq, Sk, Sk))
+    out4 = torch.full((B, H, Sq, D), float("nan"), dtype=torch.float32, device=DEV)
+    cfg = configs.TileConfig(16, 16, 4, 1, q_tiles=2)
+    _, lse = flash_attention(q, k, v, scale=scale, out4=out4, return_lse=True, config=cfg, use_descriptors=desc)
+    ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu(), scale=scale)
+    assert rel_error(out4.cpu(), ref) < TOL[torch.float32]
+    assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
+
+
+def test_short_keys_config_on_a_causal_call_runs_the_flash_kernel(rng):
+    B, H, Sq, Sk, D = 1, 1, 30, 30, 40
+    q, k, v = (rand(rng, B, H, s, D, dtype=torch.float32) for s in (Sq, Sk, Sk))
+    cfg = configs.TileConfig(16, 16, 4, 1, q_tiles=2)
+    assert not flash.Plan(torch.device(DEV), torch.float32, B, H, Sq, Sk, D, causal=True, want_lse=False,
+                          config=cfg).short
+    out = flash_attention(q, k, v, causal=True, config=cfg)
+    ref, _ = attention_reference(q.cpu(), k.cpu(), v.cpu(), causal=True)
+    assert rel_error(out.cpu(), ref) < TOL[torch.float32]
 
 
 @pytest.mark.parametrize("out_layout", ["bsd", "bhsd", "bshd"])
@@ -353,6 +429,26 @@ def test_backend_keeps_the_head_split_when_it_steps_down(rng, monkeypatch):
     check_against_reference(call, out)
 
 
+def test_backend_steps_down_from_short_keys_to_flash(rng, monkeypatch):
+    """Keys and values that do not fit on chip (out of resources) send the call to the flash kernel."""
+    from triton.runtime.errors import OutOfResources
+    b = arcattn.get_router().backend("triton")
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 40, 77, 40, torch.float16)
+    call = make_call(q, k, v, heads=2)
+    real = flash.launch
+
+    def short_too_big(plan, *a, **kw):
+        if plan.short:
+            raise OutOfResources(1 << 20, 1 << 16, "shared memory")
+        return real(plan, *a, **kw)
+    monkeypatch.setattr(flash, "launch", short_too_big)
+    assert b._prepare(call).plan.short
+    out = b.run(call)
+    e = b._entries[call.key]
+    assert not e.plan.short and e.plan.config.q_tiles == 0 and e.plan.verified
+    check_against_reference(call, out)
+
+
 def _sm90_plan(D, Sq, Sk, B=1, H=8):
     import unittest.mock
     with unittest.mock.patch.object(configs, "device_info", lambda *a: configs.DeviceInfo("sm90", 132, False)):
@@ -368,21 +464,48 @@ def test_tuned_entries_by_batch_times_heads():
     assert configs.tuned_entry("xpu", 64, 4096, 4096, 10) is None
 
 
-def test_occupancy_shrinks_tiles_then_splits_keys():
+def test_occupancy_shrinks_tiles_then_splits_keys(monkeypatch):
     info = configs.DeviceInfo("sm90", 132, False)
-    saved = dict(configs.TUNED["sm90"])
-    configs.TUNED["sm90"].clear()  # the heuristic, not the measured table
-    try:
-        big, s, _ = configs.choose(info, head_pad=64, BH=8, Sq=4096, Sk=4096, causal=False)
-        assert big == configs.base_config(info, 64) and s == 1
-        small, s, _ = configs.choose(info, head_pad=160, BH=8, Sq=64, Sk=64, causal=False)
-        assert small.block_m == configs.MIN_BLOCK_M["sm90"] and s == 1  # few programs, too few keys to split
-        cross, s, _ = configs.choose(info, head_pad=80, BH=8, Sq=1024, Sk=77, causal=False)
-        assert cross.block_n == 128 and s == 1  # no wider key block than the 77 keys need
-        decode, s, _ = configs.choose(info, head_pad=64, BH=2, Sq=16, Sk=32768, causal=False)
-        assert decode.block_m == configs.MIN_BLOCK_M["sm90"] and 1 < s <= configs.MAX_SPLITS
-    finally:
-        configs.TUNED["sm90"].update(saved)
+    monkeypatch.setitem(configs.TUNED, "sm90", {})  # the heuristic, not the measured table
+    monkeypatch.setitem(configs.SHORT_KEYS, "sm90", 0)  # the flash kernel's heuristic, also for short keys
+    big, s, _ = configs.choose(info, head_pad=64, BH=8, Sq=4096, Sk=4096, causal=False)
+    assert big == configs.base_config(info, 64) and s == 1
+    small, s, _ = configs.choose(info, head_pad=160, BH=8, Sq=64, Sk=64, causal=False)
+    assert small.block_m == configs.MIN_BLOCK_M["sm90"] and s == 1  # few programs, too few keys to split
+    cross, s, _ = configs.choose(info, head_pad=80, BH=8, Sq=1024, Sk=77, causal=False)
+    assert cross.block_n == 128 and s == 1 and cross.q_tiles == 0  # no wider key block than the 77 keys need
+    decode, s, _ = configs.choose(info, head_pad=64, BH=2, Sq=16, Sk=32768, causal=False)
+    assert decode.block_m == configs.MIN_BLOCK_M["sm90"] and 1 < s <= configs.MAX_SPLITS
+
+
+def test_short_keys_rule(monkeypatch):
+    """Non-causal calls with at most SHORT_KEYS keys go to the short-keys kernel, its query tiles dealt to about
+    2.4 programs per SM: the tiles per program that won per shape on the H100 (visits 49, 50)."""
+    info = configs.DeviceInfo("sm90", 132, False)
+    monkeypatch.setitem(configs.TUNED, "sm90", {})
+
+    def q_tiles(D, BH, Sq, Sk=77, causal=False):
+        cfg, splits, head = configs.choose(info, head_pad=D, BH=BH, Sq=Sq, Sk=Sk, causal=causal, D=D)
+        assert splits == 1 and head is None
+        assert cfg.q_tiles == 0 or (cfg.block_m, cfg.num_warps) == (64, 4)
+        return cfg.q_tiles
+    assert q_tiles(48, 8, 4096) == 2 and q_tiles(64, 10, 4096) == 2  # sd15 in1 / sdxl in2 cross, B = 1
+    assert q_tiles(64, 20, 4096) == 4 and q_tiles(64, 40, 1024) == 2  # sdxl in2 / in3 cross, B = 2
+    assert q_tiles(80, 8, 1024) == 1 and q_tiles(80, 16, 1024) == 1  # sd15 in2 cross, B = 1 and 2
+    assert q_tiles(64, 8, 4096, Sk=1) == 2 and q_tiles(64, 8, 4096, Sk=128) == 2
+    assert q_tiles(48, 8, 4096, Sk=154) == 2 and q_tiles(64, 8, 4096, Sk=193) == 0  # past 192: the flash kernel
+    assert q_tiles(64, 8, 4096, causal=True) == 0
+    one_unit = configs.DeviceInfo("sm90", 1, False)  # 8 tiles for 2.4 programs, but a head has only one tile
+    assert configs.choose(one_unit, head_pad=64, BH=8, Sq=64, Sk=77, causal=False, D=64)[0].q_tiles == 1
+    monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "0")
+    assert q_tiles(48, 8, 4096) == 0
+    monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "100")
+    assert q_tiles(48, 8, 4096, Sk=100) == 2 and q_tiles(48, 8, 4096, Sk=101) == 0
+    for family in ("cuda", "xpu"):  # not measured there: off
+        monkeypatch.delenv("ARCATTN_TRITON_SHORT_KEYS")
+        other = configs.DeviceInfo(family, 32, family == "xpu")
+        assert configs.choose(other, head_pad=48, BH=8, Sq=4096, Sk=77, causal=False, D=40)[0].q_tiles == 0
+        monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "128")
 
 
 def test_declines_with_reasons(rng):

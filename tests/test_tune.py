@@ -275,3 +275,20 @@ def test_priority_choice_kept_unless_clearly_slower(tmp_path, rng, fast_cost, ex
     entry = next(iter(chooser.cache(torch.device("cpu")).entries.values()))
     assert router.decisions()[0]["backend"] == expected
     assert entry["kept_priority_choice"] == (expected == "sdpa")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_synthetic_inputs_fresh_with_the_callers_strides(device):
+    """Tuning inputs: the call's shapes, strides, dtype and device, random (never zeros), new each time; on a GPU
+    drawn on the GPU."""
+    from arcattn.call import make_call
+    from arcattn.tune import synthetic_call
+    wide = torch.zeros(2, 9, 3 * 40 + 8, dtype=torch.float16, device=device)
+    q = wide[..., 8:48]  # a strided view, as a fused qkv projection gives
+    call = make_call(q, q, q, heads=1)
+    gen = torch.Generator().manual_seed(0)
+    a, b = synthetic_call(call, gen), synthetic_call(call, gen)
+    for x, y in ((a.q, q), (a.k, q), (a.v, q)):
+        assert x.shape == y.shape and x.stride() == y.stride() and x.dtype == y.dtype and x.device == y.device
+        assert torch.isfinite(x).all() and x.float().std() > 0.5
+    assert not torch.equal(a.q, b.q) and not torch.equal(a.q, a.k)

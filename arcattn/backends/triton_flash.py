@@ -193,7 +193,9 @@ class TritonBackend(Backend):
             except triton.runtime.errors.OutOfResources as err:
                 c = plan.config
                 info = self._configs.device_info(call.device.type, call.device.index or 0, False)
-                if c.num_stages > self._configs.MIN_STAGES[info.family]:
+                if c.q_tiles > 0:  # the short-keys kernel holds all keys and values on chip: the flash kernel
+                    smaller = replace(c, q_tiles=0)
+                elif c.num_stages > self._configs.MIN_STAGES[info.family]:
                     smaller = replace(c, num_stages=c.num_stages - 1)
                 elif c.block_n > 16:
                     smaller = replace(c, block_n=c.block_n // 2)

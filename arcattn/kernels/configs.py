@@ -38,6 +38,7 @@ class TileConfig:
     num_stages: int
     grf_mode: Optional[str] = None  # XPU only: "256" asks IGC for 256 registers per thread
     value_parts: int = 1  # programs per query tile, each writing one window of the output's columns
+    q_tiles: int = 0  # > 0: the short-keys kernel (kernels/short_keys.py), this many query tiles per program
 
     def options(self) -> dict:
         """Keyword arguments for the Triton launch."""
@@ -49,7 +50,8 @@ class TileConfig:
     def short(self) -> str:
         return (f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
                 + (f" grf{self.grf_mode}" if self.grf_mode else "")
-                + (f" v/{self.value_parts}" if self.value_parts > 1 else ""))
+                + (f" v/{self.value_parts}" if self.value_parts > 1 else "")
+                + (f" short q/{self.q_tiles}" if self.q_tiles else ""))
 
 
 @dataclass(frozen=True)
@@ -94,16 +96,11 @@ TUNED: dict = {
     "sm90": {
         (40, 4096, 4096, 1): (TileConfig(128, 64, 8, 3), 1, None),     # sd15-512 in1 self     92.0 us
         (40, 16384, 16384, 1): (TileConfig(128, 64, 8, 3), 1, None),   # sd15-1024 in1 self  1339 us
-        (40, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sd15-512 in1 cross      7.7 us
         (64, 4096, 4096, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in2 self    107 us
         (64, 4096, 4096, 16): (TileConfig(128, 64, 8, 3), 1, None),    # ... at B = 2          221 us (64x64: 234)
-        (64, 4096, 128, 1): (TileConfig(128, 64, 4, 3), 1, None),      # sdxl-1024 in2 cross    10.4 us
-        (64, 4096, 128, 16): (TileConfig(128, 64, 8, 3), 1, None),     # ... at B = 2           15.1 us (w4: 15.8)
         (64, 1024, 1024, 1): (TileConfig(64, 64, 4, 3), 1, None),      # sdxl-1024 in3 self     18.7 us
-        (64, 1024, 128, 1): (TileConfig(64, 64, 4, 3), 1, None),       # sdxl-1024 in3 cross     6.0 us
         (80, 1024, 1024, 1): (TileConfig(64, 128, 4, 3), 1, (64, 16, 128, 0)),   # sd15-512 in2 self  13.8 us
         (80, 1024, 1024, 16): (TileConfig(128, 64, 8, 3), 1, (64, 16, 128, 0)),  # ... at B = 2       19.0 us
-        (80, 1024, 128, 1): (TileConfig(64, 128, 4, 2), 1, None),      # sd15-512 in2 cross      4.5 us
         # D = 160 at 256 queries or fewer: 8-32 programs per head set leave most SMs idle; output windows (three
         # of 64 columns, two of 128 at B = 2, five of 32 for 64 queries) multiply them and shrink the accumulator
         # (248 -> 128-184 registers)
@@ -111,11 +108,28 @@ TUNED: dict = {
         (160, 256, 256, 16): (TileConfig(64, 64, 4, 3, value_parts=2), 1, None),  # ... at B = 2  8.1 -> 7.7 us
         (160, 64, 64, 1): (TileConfig(64, 64, 4, 2, value_parts=5), 1, None),     # sd15-512 mid self  4.4 -> 3.5 us
         (160, 256, 128, 1): (TileConfig(64, 128, 4, 2, value_parts=3), 1, None),  # sd15-512 in3 cross 6.3 -> 4.8 us
-        (160, 256, 128, 16): (TileConfig(64, 64, 4, 3, value_parts=2), 1, None),  # ... at B = 2  6.6 -> 6.2 us
+        (160, 256, 128, 16): (TileConfig(64, 64, 4, 2, q_tiles=1), 1, None),      # ... at B = 2, short keys 4.5 us
         (160, 64, 128, 1): (TileConfig(64, 64, 4, 2, value_parts=5), 1, None),    # sd15-512 mid cross 7.6 -> 4.4 us
     },
     "cuda": {}, "xpu": {}, "interpreter": {},
 }
+
+
+# The short-keys kernel (kernels/short_keys.py) holds every key of a (batch, head) on chip: at most this many.
+SHORT_KEYS_MAX = 192
+# Keys up to which `choose` sends a non-causal call to the short-keys kernel when no measured entry says otherwise
+# (0: never). sm90, H100, torch 2.11 / Triton 3.6 (bench/results/variants_visit49): on every SD1.5 / SDXL
+# cross-attention (77 keys) it beat the flash kernel's measured entries, most where the queries are many:
+# sd15 in1 cross 7.1 -> 5.6 us (B = 1), 13.1 -> 8.5 us (B = 2); sdxl in2 cross 10.5 -> 6.3, 14.9 -> 9.3 us; sdxl
+# in3 cross 6.1 -> 4.7, 10.0 -> 6.2 us; sd15 in2 cross 4.5 -> 4.0, 5.8 -> 5.1 us. With a long prompt's 154 keys
+# (visit 50) likewise: sd15 in1 cross 11.0 -> 7.6 us (B = 1), 18.1 -> 11.6 us (B = 2); sdxl in2 cross 11.5 -> 9.0,
+# 19.6 -> 14.5 us; sdxl in3 cross 7.0 -> 6.3, 11.6 -> 8.9 us; sd15 in2 cross 5.6 -> 5.1, 7.2 -> 7.4 us (the one
+# tie). Where keys and values do not fit on chip (fp32, wide heads) the backend steps down to the flash kernel.
+# Other families: not measured.
+SHORT_KEYS = {"sm90": 192, "cuda": 0, "xpu": 0, "interpreter": 192}
+# Programs per unit the short-keys kernel's query tiles are dealt to: on the H100, 64-row tiles in about 2.4 x 132
+# programs (1-4 tiles each) won on every shape above, fewer or more programs lost 5-40 %.
+SHORT_PROGRAMS_PER_UNIT = 2.4
 
 
 def tuned_entry(family: str, D: int, Sq: int, Sk: int, BH: int) -> Optional[tuple]:
@@ -220,19 +234,41 @@ def bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def short_keys_limit(info: DeviceInfo) -> int:
+    env = os.environ.get("ARCATTN_TRITON_SHORT_KEYS")  # experiments: 0 turns the rule off, N sets its limit
+    if env and env.isdigit():
+        return min(int(env), SHORT_KEYS_MAX)
+    return SHORT_KEYS[info.family]
+
+
+def short_config(info: DeviceInfo, *, head_pad: int, BH: int, Sq: int) -> TileConfig:
+    """The short-keys kernel's tile: 64 query rows (shorter for short queries) and as many tiles per program as
+    deal them to about SHORT_PROGRAMS_PER_UNIT programs per unit."""
+    base = base_config(info, head_pad)
+    bm = min(base.block_m, 64)
+    while bm > MIN_BLOCK_M[info.family] and bm // 2 >= Sq:
+        bm //= 2
+    tiles = BH * -(-Sq // bm)
+    q_tiles = max(1, round(tiles / (info.units * SHORT_PROGRAMS_PER_UNIT)))
+    return replace(base, block_m=bm, num_warps=min(base.num_warps, max(4, bm // 16)), value_parts=1,
+                   q_tiles=min(q_tiles, -(-Sq // bm)))
+
+
 def choose(info: DeviceInfo, *, head_pad: int, BH: int, Sq: int, Sk: int, causal: bool, D: int = 0) -> tuple:
     """(TileConfig, key splits, head split or None) for one problem: a measured entry if there is one, else the
-    table's tile, shrunk or split to fill the device."""
+    short-keys kernel for a short key sequence, else the table's tile, shrunk or split to fill the device."""
     forced = _forced()
     if forced is not None:
         return forced + (None,)
     want = info.units * WAVES[info.family]
     tuned = tuned_entry(info.family, D, Sq, Sk, BH)
-    # a measured entry unless its grid would leave the device idle; entries with output windows were measured on
-    # exactly such grids
+    # a measured entry unless its grid would leave the device idle; entries with output windows or for the
+    # short-keys kernel were measured on exactly such grids
     if tuned is not None and not causal and (BH * -(-Sq // tuned[0].block_m) * tuned[1] >= want
-                                             or tuned[0].value_parts > 1):
+                                             or tuned[0].value_parts > 1 or tuned[0].q_tiles > 0):
         return tuned
+    if not causal and 1 <= Sk <= short_keys_limit(info):
+        return short_config(info, head_pad=head_pad, BH=BH, Sq=Sq), 1, None
     cfg = base_config(info, head_pad)
     bm = cfg.block_m
     # Smaller query tiles first: a tile no taller than the query length, then more programs while short of work.

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -378,7 +379,7 @@ class Plan:
 
     __slots__ = ("grid", "kwargs", "kwargs_scale_first", "kwargs_al", "kwargs_al_scale_first", "align", "config",
                  "splits", "D0", "D1", "E0", "E1", "ws_shape", "lock_n", "device", "device_index", "fast", "verified",
-                 "vparts")
+                 "vparts", "short", "q_tiles", "kernel", "consts")
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
@@ -401,35 +402,49 @@ class Plan:
                 self.D0, self.D1, self.E0, self.E1 = _heads(tuned_head, D)
         splits = max(1, int(splits or 1))
         use_desc = info.use_descriptors if use_descriptors is None else use_descriptors
+        # the short-keys kernel (kernels/short_keys.py): every key at once, q_tiles query tiles per program
+        self.short = config.q_tiles > 0 and not causal and 1 <= Sk <= configs.SHORT_KEYS_MAX
+        self.q_tiles = config.q_tiles if self.short else 0
+        if self.short:
+            splits = 1
         # output column windows per (tile, batch, head): config.value_parts, not with key splits or descriptors
         vparts, window = 1, 0
-        if config.value_parts > 1 and splits == 1 and not use_desc:
+        if config.value_parts > 1 and splits == 1 and not use_desc and not self.short:
             window = max(16, 1 << (-(-D // config.value_parts) - 1).bit_length())
             vparts = -(-D // window) if window < D else 1
         if vparts > 1:
             self.E0, self.E1 = window, 0
         self.config, self.splits, self.vparts, self.device = config, splits, vparts, device
         self.grid = (triton.cdiv(Sq, config.block_m), B * H, splits * vparts)
+        if self.short:
+            self.grid = (triton.cdiv(self.grid[0], self.q_tiles), B * H, 1)
         self.ws_shape = (splits, B * H, Sq, max(self.E0 + self.E1, d0u + d1u)) if splits > 1 else None
         self.lock_n = self.grid[0] * self.grid[1]
         interp = interpreted()
         def tail_start(d0, d1):
             # the tail window: the last d1 columns of the head when d0 + d1 > D (no column masks), else after d0
             return D - d1 if (d1 and d0 + d1 > D) else d0
-        common = dict(D=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts,
-                      WRITE_LSE=bool(want_lse), SPLITS=splits, SCALE_FIRST=False, IEEE=dtype == torch.float32,
+        common = dict(D=D, BLOCK_M=config.block_m, WRITE_LSE=bool(want_lse), IEEE=dtype == torch.float32,
                       UPCAST=interp and dtype == torch.bfloat16, USE_DESC=bool(use_desc),
                       **({} if interp else config.options()))
+        if self.short:
+            from . import short_keys
+            n0, n1 = short_keys.key_split(Sk)
+            common.update(N0=n0, N1=n1, MASK0=n1 == 0 and n0 > Sk)
+            self.kernel, self.consts, scale_first = short_keys._attn_short_fwd, short_keys.CONSTS, {}
+        else:
+            common.update(BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts, SPLITS=splits, SCALE_FIRST=False)
+            self.kernel, self.consts, scale_first = _attn_fwd, _CONSTS, {"SCALE_FIRST": True}
         # unaligned strides: AL = 1
         eu = (window, 0) if vparts > 1 else (d0u, d1u)
         self.kwargs = dict(common, D0=d0u, D1=d1u, C1=tail_start(d0u, d1u), E0=eu[0], E1=eu[1],
                            F1=tail_start(*eu), AL=1)
-        self.kwargs_scale_first = dict(self.kwargs, SCALE_FIRST=True)
+        self.kwargs_scale_first = dict(self.kwargs, **scale_first)
         # strides that are all multiples of 16 bytes' worth of elements are passed divided (see the kernel)
         self.align = 16 // torch.tensor([], dtype=dtype).element_size()
         self.kwargs_al = dict(common, D0=self.D0, D1=self.D1, C1=tail_start(self.D0, self.D1), E0=self.E0,
                               E1=self.E1, F1=tail_start(self.E0, self.E1), AL=self.align)
-        self.kwargs_al_scale_first = dict(self.kwargs_al, SCALE_FIRST=True)
+        self.kwargs_al_scale_first = dict(self.kwargs_al, **scale_first)
         # direct launches of the cached compiled kernel (not in the interpreter, not for tensor-descriptor
         # kernels, whose global scratch only Triton's launcher allocates; ARCATTN_TRITON_FAST_LAUNCH=0: off)
         self.fast = (None if interp or use_desc or not env_flag("ARCATTN_TRITON_FAST_LAUNCH", True)
@@ -443,7 +458,7 @@ class Plan:
         return self.D0, self.D1, self.E0, self.E1
 
     def describe(self) -> str:
-        return (f"{self.config.short()} splits={self.splits} head={self.D0}+{self.D1}"
+        return (f"{replace(self.config, q_tiles=self.q_tiles).short()} splits={self.splits} head={self.D0}+{self.D1}"
                 + (f" v={self.E0}+{self.E1}" if (self.E0, self.E1) != (self.D0, self.D1) else "")
                 + (f" vparts={self.vparts}" if self.vparts > 1 else "")
                 + (" desc" if self.kwargs["USE_DESC"] else ""))
@@ -493,7 +508,12 @@ def launch(plan: Plan, q, k, v, out, lse, sq: tuple, sk: tuple, sv: tuple, so: t
         locks = _lock_buffer(out.device, plan.lock_n)
     else:
         ws = wsl = locks = out
-    args = (q, k, v, out, out if lse is None else lse, ws, wsl, locks, scale * LOG2E, H, Sq, Sk, *sq, *sk, *sv, *so)
+    if plan.short:
+        args = (q, k, v, out, out if lse is None else lse, scale * LOG2E, H, Sq, Sk, plan.q_tiles,
+                *sq, *sk, *sv, *so)
+    else:
+        args = (q, k, v, out, out if lse is None else lse, ws, wsl, locks, scale * LOG2E, H, Sq, Sk,
+                *sq, *sk, *sv, *so)
     if kw["USE_DESC"] and not interpreted():
         _ensure_allocator(out.device)
     fast = plan.fast
@@ -507,10 +527,10 @@ def launch(plan: Plan, q, k, v, out, lse, sq: tuple, sk: tuple, sv: tuple, so: t
             ck.run(plan.grid[0], plan.grid[1], plan.grid[2], _stream(plan.device_index), ck.function,
                    ck.packed_metadata, None, None, None, *args, *consts)
             return
-        ck = _attn_fwd[plan.grid](*args, **kw)
+        ck = plan.kernel[plan.grid](*args, **kw)
         _remember_fast(plan, key, ck, kw, args, out)
         return
-    _attn_fwd[plan.grid](*args, **kw)
+    plan.kernel[plan.grid](*args, **kw)
 
 
 def _ensure_allocator(device: torch.device) -> None:
@@ -556,7 +576,7 @@ def _remember_fast(plan: "Plan", key: tuple, ck, kw: dict, args: tuple, out: tor
     global _fast_launch_ok
     if ck is None or _hooks_set() or len(plan.fast) > 64 or _fast_launch_ok is False:
         return
-    consts = tuple(kw[n] for n in _CONSTS)
+    consts = tuple(kw[n] for n in plan.consts)
     if _fast_launch_ok is None and plan.splits == 1:
         try:
             ref = out.clone()
