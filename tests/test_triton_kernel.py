@@ -4,7 +4,8 @@ On a machine without a GPU this runs in Triton's interpreter (conftest sets TRIT
 small; every case the issue lists is in the default sweep: fp32/fp16/bf16, head dims 8..256 including 40, 72,
 160, Sq/Sk of 1, 77 and non-multiples of the tile, batch 1-3, the (B, S, H*D), (B, H, S, D) and (B, S, H, D)
 layouts, strided views, log-sum-exp, causal (Sq < Sk and Sq > Sk), custom/zero/negative scales, the split-key
-path and the tensor-descriptor (XPU) path. Outputs are poisoned with NaN before the kernel writes them.
+path, the tensor-descriptor (XPU) path, and the short-keys kernel (every sweep case it takes by default is run on
+the flash kernel too). Outputs are poisoned with NaN before the kernel writes them.
 ARCATTN_SLOW_TESTS=1 adds a larger randomized sweep.
 """
 from __future__ import annotations
