@@ -32,6 +32,8 @@ What is particular to this kernel:
   columns. Three 64-wide windows instead of one 160-wide accumulator: three times the programs at half the
   registers, 5-40 % faster on those shapes (H100, torch 2.11, Triton 3.6; bench/NOTES_triton.md).
 - On Intel XPU the tiles are read through tensor descriptors, which Triton-XPU lowers to 2-D block loads.
+- Short key sequences (cross-attention's 77 text tokens) go to a second kernel, short_keys.py, built from this
+  file's helpers: a Plan whose configuration has q_tiles > 0 launches it (configs.choose decides).
 - Launch cost: Triton's launcher spends ~25 us of Python per call (Triton 3.6); `launch` calls the cached
   compiled kernel directly (~10 us) once it has checked that doing so writes the same bits.
 
