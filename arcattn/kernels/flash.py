@@ -346,6 +346,7 @@ def interpreted() -> bool:
 
 def head_split(D: int, irregular: bool = True) -> tuple:
     """(D0, D1): a power of two plus a small power-of-two tail (0 = none) covering D with the fewest lanes.
+    (The short-keys kernel splits its key count the same way: 77 keys -> 64 + 16, 154 -> 128 + 32.)
     irregular=False allows only tails that end exactly at D (48 = 32+16, 80 = 64+16, 160 = 128+32); others
     (40, 72) are padded to a power of two instead."""
     full = max(16, 1 << (D - 1).bit_length())
@@ -431,7 +432,7 @@ class Plan:
                       **({} if interp else config.options()))
         if self.short:
             from . import short_keys
-            n0, n1 = short_keys.key_split(Sk)
+            n0, n1 = head_split(Sk)  # the keys split like a head: 77 -> 64 + 16 score columns
             common.update(N0=n0, N1=n1, MASK0=n1 == 0 and n0 > Sk)
             self.kernel, self.consts, scale_first = short_keys._attn_short_fwd, short_keys.CONSTS, {}
         else:

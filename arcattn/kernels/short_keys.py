@@ -7,8 +7,8 @@ Here one program loads its (batch, head)'s keys and values once and keeps them o
 tiles through them, so that Triton's pipeliner loads tile t + 1 while tile t is in the products and the softmax.
 With every key in one pass there is no online softmax: one row maximum, one row sum, no rescaling.
 
-The keys are split the way flash.py splits the head dim: a power-of-two block N0 plus a power-of-two tail N1
-(>= 16), 77 = 64 + 16, so a row computes 80 scores instead of 128. The head split (D0/D1, E0/E1), the aligned-
+The keys are split by flash.head_split, the same rule as the head dim: a power-of-two block N0 plus a
+power-of-two tail N1 (>= 16), 77 = 64 + 16, so a row computes 80 scores instead of 128. The head split (D0/D1, E0/E1), the aligned-
 stride hint AL, the loads and the output store are flash.py's own helpers; tensor descriptors (XPU) serve the
 query and output tiles, which carry the traffic, while the keys and values load once through pointers.
 Launched by flash.launch when a flash.Plan holds a configuration with q_tiles > 0 (configs.TileConfig).
@@ -19,18 +19,6 @@ import triton
 import triton.language as tl
 
 from .flash import _finish, _load, _mma
-
-
-def key_split(Sk: int) -> tuple:
-    """(N0, N1): a power of two N0 plus a power-of-two tail N1 (0 or >= 16) covering Sk keys with the fewest
-    score columns (77 -> 64 + 16, 64 -> 64 + 0, 100 -> 128 + 0, 154 -> 128 + 32)."""
-    full = max(16, 1 << (Sk - 1).bit_length())
-    n0 = max(16, 1 << (Sk.bit_length() - 1))
-    rest = Sk - n0
-    if rest <= 0:
-        return n0, 0
-    n1 = max(16, 1 << (rest - 1).bit_length())
-    return (n0, n1) if n0 + n1 < full else (full, 0)
 
 
 @triton.jit
