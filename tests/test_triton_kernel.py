@@ -147,7 +147,6 @@ SHORT = [
 
 @pytest.mark.parametrize("case", SHORT, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
 def test_short_keys_kernel(rng, case):
-    from arcattn.kernels import short_keys
     layout, dtype, B, H, Sq, Sk, D, lse, strided, bm, tiles = case
     q, k, v = caller_tensors(rng, layout, B, H, Sq, Sk, D, dtype, strided)
     call = make_call(q, k, v, heads=H if layout == "bsd" else None, layout=layout, want_lse=lse)
@@ -157,12 +156,12 @@ def test_short_keys_kernel(rng, case):
     res = flash_attention(call.q4, call.k4, call.v4, out4=out4, return_lse=lse, config=cfg)
     plan = flash.Plan(torch.device(DEV), dtype, B, H, Sq, Sk, D, causal=False, want_lse=lse, config=cfg)
     assert plan.short and plan.grid == (-(-(-(-Sq // bm)) // tiles), B * H, 1)
-    assert plan.kwargs_al["N0"] + plan.kwargs_al["N1"] == sum(short_keys.key_split(Sk))
+    assert plan.kwargs_al["N0"] + plan.kwargs_al["N1"] == sum(head_split(Sk))
     check_against_reference(call, out, res[1] if lse else None)
 
 
 def test_short_keys_split_spends_fewest_columns():
-    from arcattn.kernels.short_keys import key_split
+    key_split = head_split  # the short-keys kernel splits its keys like a head dim
     assert key_split(77) == (64, 16) and key_split(154) == (128, 32) and key_split(64) == (64, 0)
     assert key_split(1) == (16, 0) and key_split(20) == (32, 0) and key_split(100) == (128, 0)
     for n in range(1, 193):
@@ -502,11 +501,10 @@ def test_short_keys_rule(monkeypatch):
     assert q_tiles(48, 8, 4096) == 0
     monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "100")
     assert q_tiles(48, 8, 4096, Sk=100) == 2 and q_tiles(48, 8, 4096, Sk=101) == 0
+    monkeypatch.delenv("ARCATTN_TRITON_SHORT_KEYS")
     for family in ("cuda", "xpu"):  # not measured there: off
-        monkeypatch.delenv("ARCATTN_TRITON_SHORT_KEYS")
         other = configs.DeviceInfo(family, 32, family == "xpu")
         assert configs.choose(other, head_pad=48, BH=8, Sq=4096, Sk=77, causal=False, D=40)[0].q_tiles == 0
-        monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "128")
 
 
 def test_declines_with_reasons(rng):
