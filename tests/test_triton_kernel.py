@@ -429,6 +429,23 @@ def test_backend_keeps_the_head_split_when_it_steps_down(rng, monkeypatch):
     check_against_reference(call, out)
 
 
+def test_backend_uses_descriptors_where_the_device_wants_them(rng, monkeypatch):
+    """On a device whose family loads tiles through tensor descriptors (XPU), a call whose rows are contiguous
+    gets a descriptor plan and one with a strided head dim does not; both answers stay right."""
+    from dataclasses import replace
+    b = arcattn.get_router().backend("triton")
+    real = configs.device_info
+    monkeypatch.setattr(configs, "device_info", lambda *a, **kw: replace(real(*a, **kw), use_descriptors=True))
+    q, k, v = caller_tensors(rng, "bsd", 1, 2, 40, 50, 64, torch.float16)
+    call = make_call(q, k, v, heads=2)
+    assert b._prepare(call).plan.kwargs["USE_DESC"]
+    check_against_reference(call, b.run(call))
+    strided = torch.randn(1, 40, 2, 64, 2, generator=rng).to(torch.float16)[..., 0].flatten(2)
+    call = make_call(strided, k, v, heads=2)
+    assert not b._prepare(call).plan.kwargs["USE_DESC"]
+    check_against_reference(call, b.run(call))
+
+
 def test_backend_steps_down_from_short_keys_to_flash(rng, monkeypatch):
     """Keys and values that do not fit on chip (out of resources) send the call to the flash kernel."""
     from triton.runtime.errors import OutOfResources
