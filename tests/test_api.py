@@ -66,6 +66,20 @@ def test_sdpa_masks(rng, mask_kind):
     assert rel_error(to4(out, "bsd", H), ref) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_mask_with_half_inputs_keeps_its_values(rng, dtype):
+    """Hosts pass float32 additive masks with fp16/bf16 q; finfo(float32).min on a whole row must give that row's
+    uniform average (as the hosts' SDPA call does), not the zeros of a mask cast down to -inf."""
+    B, H, Sq, Sk, D = 2, 2, 9, 13, 16
+    q4, k4, v4, q, k, v = make(rng, "bsd", B, H, Sq, Sk, D, dtype)
+    mask = torch.randn(B, Sq, Sk, generator=rng)
+    mask[:, 0] = torch.finfo(torch.float32).min
+    out = arcattn.attention(q, k, v, heads=H, mask=mask, backend="sdpa")
+    ref, _ = attention_reference(q4, k4, v4, mask=mask[:, None])
+    assert rel_error(to4(out, "bsd", H), ref) < TOL[dtype]
+    assert rel_error(to4(out, "bsd", H)[:, :, 0], v4.double().mean(2)) < TOL[dtype]
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_lse_and_causal(rng, causal):
     B, H, Sq, Sk, D = 1, 3, 21, 30, 16

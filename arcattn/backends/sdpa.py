@@ -123,9 +123,11 @@ def _propagate_query_nan(q4, o):
 
 
 def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
-    """The call's mask in a form SDPA takes (float masks in q's dtype), with causal folded in when both are set."""
+    """The call's mask in a form SDPA takes, with causal folded in when both are set. SDPA takes bool, float32 or
+    q's dtype; a float32 mask stays float32, as the hosts pass it, because casting it down turns
+    finfo(float32).min into -inf and a fully masked row into zeros instead of the hosts' uniform average."""
     mask = call.mask
-    if mask is not None and mask.dtype != torch.bool and mask.dtype != call.dtype:
+    if mask is not None and mask.dtype not in (torch.bool, torch.float32, call.dtype):
         mask = mask.to(call.dtype)
     if call.causal and mask is not None:
         keep = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()
