@@ -228,6 +228,30 @@ def test_arcattn_failure_falls_back_to_the_host(host, rng, monkeypatch):
 
 
 # -- the older ldm_patched layout (reForge, Forge classic) --------------------------------------------------
+def test_3d_mask_follows_forge_sdpa_broadcast(host, rng):
+    """Forge's attention_pytorch hands a 3-D mask to SDPA as it is, so its first dim runs over heads
+    ((H or 1, Sq, Sk) against (B, H, Sq, Sk)); arcattn must read it the same way, and a mask SDPA cannot
+    broadcast must end where the host's own call ends (an error), never in a plausible answer."""
+    host(STANDINS)
+    import backend.attention as BA
+    host_fn = BA.attention_function
+    forge.install()
+    B, H, Sq, Sk, D = 2, 2, 11, 9, 16
+    q4, k4, v4 = (torch.randn(B, H, S, D, generator=rng) for S in (Sq, Sk, Sk))
+    q, k, v = (t.transpose(1, 2).flatten(2) for t in (q4, k4, v4))
+    for mask in (torch.randn(H, Sq, Sk, generator=rng), torch.rand(1, Sq, Sk, generator=rng) > 0.3):
+        if mask.dtype == torch.bool:
+            mask[..., 0] = True
+        before = sum(_served().values())
+        out = BA.attention_function(q, k, v, H, mask=mask)
+        assert sum(_served().values()) == before + 1  # arcattn served it, not the host's fallback
+        ref4, _ = attention_reference(q4.double(), k4.double(), v4.double(), mask=mask[None])
+        assert rel_error(out, ref4.transpose(1, 2).flatten(2)) < 1e-5
+        assert rel_error(out, host_fn(q, k, v, H, mask=mask)) < 1e-5
+    with pytest.raises(RuntimeError):
+        BA.attention_function(q[:, :, :16], k[:, :, :16], v[:, :, :16], 1, mask=torch.randn(B, Sq, Sk))
+
+
 def test_ldm_patched_layout(host, rng):
     host(REFORGE)
     import ldm_patched.ldm.dit as DIT

@@ -23,8 +23,12 @@ class HostAttention:
     """A drop-in for a host's attention function. `prefer` names a backend (None = router's choice);
     `enabled=False` passes every call to `original` untouched."""
 
-    def __init__(self, original: Callable, host: str, *, prefer: Optional[str] = None, enabled: bool = True):
+    def __init__(self, original: Callable, host: str, *, prefer: Optional[str] = None, enabled: bool = True,
+                 mask_batch_first: bool = True):
         self.original = original
+        # ComfyUI (and ldm_patched) read a 3-D mask as (B, Sq, Sk); Forge's backend.attention hands it to SDPA
+        # as it is, which broadcasts it against (B, H, Sq, Sk): its first dim then runs over heads
+        self.mask_batch_first = mask_batch_first
         self.host = host
         self.prefer = prefer
         self.enabled = enabled
@@ -42,9 +46,10 @@ class HostAttention:
             if kwargs.get("low_precision_attention") is False:
                 prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
             layout = "bhsd" if skip_reshape else "bsd"
+            m = mask if mask is None or self.mask_batch_first or mask.dim() != 3 else mask[None]
             call = make_call(q, k, v, heads=heads, layout=layout,
                              out_layout="bhsd" if skip_output_reshape else "bsd",
-                             mask=mask, scale=kwargs.get("scale"))
+                             mask=m, scale=kwargs.get("scale"))
             return get_router().run(call, prefer=prefer)
         except Exception as e:  # noqa: BLE001 - the host's own function takes over
             return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)

@@ -128,7 +128,8 @@ def install(*, enabled: Optional[bool] = None, backend: Optional[str] = None) ->
             continue
         for fn in originals:
             if id(fn) not in _state.wrappers:
-                _state.wrappers[id(fn)] = ForgeAttention(fn, "forge", prefer=_state.backend, enabled=_state.enabled)
+                _state.wrappers[id(fn)] = ForgeAttention(fn, "forge", prefer=_state.backend, enabled=_state.enabled,
+                                                         mask_batch_first=layout != "forge")
         if layout not in _state.layouts:
             _state.layouts.append(layout)
         changed += _rebind(names, skip)
