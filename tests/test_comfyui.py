@@ -3,6 +3,7 @@ import importlib
 import logging
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -69,9 +70,15 @@ def test_patch_rebinds_registers_and_undoes(comfy, rec):
     assert attention.optimized_attention is not orig
     assert attention.optimized_attention.__wrapped__.original is orig  # host's wrap_attn kept around ours
     assert "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS
+    # a model module imported after the patch (as ComfyUI does on a workflow's first use) copies our function
+    late = types.ModuleType("comfy.ldm.late_model")
+    late.optimized_attention = attention.optimized_attention
+    late.optimized_attention_masked = attention.optimized_attention_masked
+    sys.modules[late.__name__] = late
     comfyui.unpatch()
     comfyui.unregister(attention)
     assert attention.optimized_attention is orig and attention.optimized_attention_masked is orig_masked
+    assert late.optimized_attention is orig and late.optimized_attention_masked is orig_masked
     assert "arcattn" not in attention.REGISTERED_ATTENTION_FUNCTIONS
 
 
@@ -181,6 +188,25 @@ def test_load_never_raises(comfy, caplog):
         assert comfyui.load(Broken()) is False
     assert not comfyui.is_patched()
     assert any("ComfyUI runs unchanged" in r.getMessage() for r in caplog.records)
+
+
+def test_node_off_reaches_the_host_through_another_plugins_wrapper(comfy, rec, rng):
+    """Off means the host's own function even when another plugin wrapped ours (functools.wraps style)."""
+    import functools
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    from arcattn.hosts.common import HostAttention
+    ours = HostAttention(attention.attention_pytorch, "comfyui")
+
+    @functools.wraps(ours)
+    def other_plugin(*args, **kwargs):
+        return ours(*args, **kwargs)
+    q, k, v = (torch.randn(1, 12, 64, generator=rng) for _ in range(3))
+    rec.seen.clear()
+    attention.CALLS.clear()
+    out = comfyui.make_override(enabled=False)(other_plugin, q, k, v, 4)
+    assert rec.seen == [] and attention.CALLS == ["attention_pytorch"]
+    assert rel_error(out, attention.attention_pytorch(q, k, v, 4)) < 1e-6
 
 
 @pytest.mark.parametrize("patched", [True, False])

@@ -70,15 +70,25 @@ def patch(module=None) -> bool:
         raise
     _state["module"] = mod
     _state["originals"] = {(t, a): o for t, a, o in done}
+    _state["ours"] = {id(new): (new, orig), id(new_masked): (new_masked, orig_masked)}
     log.info("ComfyUI attention patched: %d bindings now route through arcattn (was %s)",
              len(done), getattr(orig, "__name__", orig))
     return True
 
 
 def unpatch() -> None:
-    """Restore every binding `patch` changed."""
+    """Restore every binding `patch` changed, and every copy of our functions that comfy modules imported after
+    it (e.g. a model module loaded for the first workflow that uses it)."""
     for (target, attr), o in _state.pop("originals", {}).items():
         setattr(target, attr, o)
+    ours = _state.pop("ours", {})
+    for name, other in list(sys.modules.items()):
+        if other is None or not name.startswith("comfy"):
+            continue
+        for attr in ("optimized_attention", "optimized_attention_masked"):
+            hit = ours.get(id(getattr(other, attr, None)))
+            if hit is not None and hit[0] is getattr(other, attr):
+                setattr(other, attr, hit[1])
     _state.pop("module", None)
 
 
@@ -137,7 +147,7 @@ def make_override(enabled: bool = True, backend: Optional[str] = None) -> Callab
     wrappers: dict = {}
 
     def arcattn_override(func, *args, **kwargs):
-        base = func.original if isinstance(func, HostAttention) else func
+        base = _unwrap_ours(func)
         if not enabled:
             return base(*args, **kwargs)
         w = wrappers.get(base)
