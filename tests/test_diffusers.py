@@ -45,6 +45,21 @@ def test_same_output_as_stock_processor_and_undo(unet, rng):
     assert torch.equal(again, stock)
 
 
+def test_disable_keeps_processors_set_after_enable(unet):
+    """An IP-Adapter-style processor installed after enable() survives disable(); ours go back to the originals."""
+    from diffusers.models.attention_processor import AttnProcessor
+    stock = dict(unet.attn_processors)
+    arc_diffusers.enable(unet)
+    later_name = next(iter(stock))
+    procs = dict(unet.attn_processors)
+    procs[later_name] = later = AttnProcessor()
+    unet.set_attn_processor(procs)
+    arc_diffusers.disable(unet)
+    now = unet.attn_processors
+    assert now[later_name] is later
+    assert all(now[n] is stock[n] for n in stock if n != later_name)
+
+
 def test_processor_with_mask_and_forced_backend(unet, rng):
     attn = next(m for m in unet.modules() if isinstance(m, diffusers.models.attention_processor.Attention)
                 and m.is_cross_attention)

@@ -115,8 +115,12 @@ def enable(unet, backend: Optional[str] = None) -> int:
 
 
 def disable(unet) -> None:
-    """Restore the processors `enable` replaced."""
+    """Restore the processors `enable` replaced where ours still sit; processors set since (an IP-Adapter loaded
+    after enable(), say) stay."""
     originals = getattr(unet, _ORIGINALS_ATTR, None)
-    if originals is not None:
-        unet.set_attn_processor(dict(originals))
-        delattr(unet, _ORIGINALS_ATTR)
+    if originals is None:
+        return
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    unet.set_attn_processor({name: (originals.get(name) or AttnProcessor2_0()) if isinstance(p, ArcAttnProcessor) else p
+                             for name, p in unet.attn_processors.items()})
+    delattr(unet, _ORIGINALS_ATTR)
