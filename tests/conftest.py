@@ -48,7 +48,9 @@ def cpu_binary(extension_build):
 def _fresh_router():
     """Every test starts with a new process-wide router (own decisions, telemetry, env-driven settings)."""
     import arcattn
+    from arcattn.hosts import common
     arcattn.set_router(None)
+    common._warned.clear()
     yield
     arcattn.set_router(None)
 

@@ -176,6 +176,30 @@ def test_any_failure_is_served_by_the_host_and_logged_once(comfy, rng, caplog):
     assert len([r for r in caplog.records if "router exploded" in r.getMessage()]) == 1
 
 
+def test_fallback_calls_a_minimal_replacement_and_logs_once_per_process(rng, caplog, monkeypatch):
+    """A replacement another extension installed may take only (q, k, v, heads, mask): the fallback passes no
+    keyword the caller did not set. Wrappers built anew per node run still log a reason once."""
+    import arcattn.hosts.common as common
+    seen = []
+
+    def minimal(q, k, v, heads, mask=None):
+        seen.append(mask)
+        q4, k4, v4 = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        return torch.nn.functional.scaled_dot_product_attention(q4, k4, v4).transpose(1, 2).flatten(2)
+
+    def broken_router():
+        raise RuntimeError("router exploded")
+    q, k, v = inputs(rng)
+    want = minimal(q, k, v, 4)
+    monkeypatch.setattr(common, "get_router", broken_router)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        for _ in range(3):
+            out = common.HostAttention(minimal, "comfyui")(q, k, v, 4)
+            assert torch.equal(out, want)
+    assert len(seen) == 4
+    assert len([r for r in caplog.records if "router exploded" in r.getMessage()]) == 1
+
+
 def test_load_never_raises(comfy, caplog):
     from arcattn.hosts import comfyui
 

@@ -18,6 +18,9 @@ from ..dispatch import one_line
 
 log = logging.getLogger("arcattn")
 
+# (host, reason) pairs already logged: once per process, however many wrappers a node builds per run
+_warned: set = set()
+
 
 class HostAttention:
     """A drop-in for a host's attention function. `prefer` names a backend (None = router's choice);
@@ -56,15 +59,22 @@ class HostAttention:
 
     def _fallback(self, e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs):
         reason = one_line(e)
-        if reason not in self.fallbacks:
+        if (self.host, reason) not in _warned:
+            if len(_warned) > 1000:
+                _warned.clear()
+            _warned.add((self.host, reason))
             log.warning("%s attention: arcattn could not serve a call (%s); the host's %s serves it",
                         self.host, reason, getattr(self.original, "__name__", "original"))
         self.fallbacks[reason] += 1
         return self._original(q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
 
     def _original(self, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs):
-        # Forge's signature has no skip_output_reshape: pass it on only when it was set
+        # Only what the caller set goes on as a keyword: Forge's signature has no skip_output_reshape, and a
+        # replacement another extension installed may take no more than (q, k, v, heads, mask)
+        if attn_precision is not None:
+            kwargs["attn_precision"] = attn_precision
+        if skip_reshape:
+            kwargs["skip_reshape"] = True
         if skip_output_reshape:
             kwargs["skip_output_reshape"] = True
-        return self.original(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                             **kwargs)
+        return self.original(q, k, v, heads, mask, **kwargs)
