@@ -23,7 +23,8 @@ class ArcAttention:
 
     DESCRIPTION = ("Arc Attention: routes this model's attention through arcattn (native XMX on Arc B-series, "
                    "Triton flash attention, SDPA fallback). 'auto' picks the fastest backend that can serve each "
-                   "shape; a named backend is used where it can serve the call, SDPA elsewhere.")
+                   "shape; a named backend is tried first, and a call it cannot serve goes down the usual order "
+                   "(xmx, triton, sdpa).")
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
     CATEGORY = "advanced/attention"

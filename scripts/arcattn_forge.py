@@ -76,8 +76,8 @@ def _on_ui_settings() -> None:
     shared.opts.add_option(OPT_BACKEND, shared.OptionInfo(
         forge_adapter.AUTO, "Arc Attention backend by default", gr.Radio,
         {"choices": list(forge_adapter.BACKEND_CHOICES)}, section=SECTION, onchange=_apply_defaults,
-    ).info("auto = fastest backend that can serve each call; a named backend is tried first, SDPA covers "
-           "what it cannot serve"))
+    ).info("auto = fastest backend that can serve each call; a named backend is tried first, and a call it "
+           "cannot serve goes down the usual order (xmx, triton, sdpa)"))
 
 
 def _status_markdown() -> str:
