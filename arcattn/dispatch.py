@@ -15,10 +15,14 @@ import os
 from collections import Counter
 from typing import Callable, Iterable, Optional
 
+import torch
+
 from .backends.base import Backend
 from .call import AttentionCall
 
 log = logging.getLogger("arcattn")
+
+_OUT_OF_MEMORY = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),) if t is not None)
 
 
 class BackendUnsupported(ValueError):
@@ -150,15 +154,19 @@ class Router:
     def _failed(self, dkey, d: Decision, call: AttentionCall, e: Exception):
         name = d.backend.name
         what = one_line(e)
-        self._broken.add((name, call.key))
+        # out of device memory says nothing about the backend: the fallback serves this call, the next one tries
+        # again (marked broken, a shape would stay on the fallback for the rest of the process)
+        transient = isinstance(e, _OUT_OF_MEMORY)
+        if not transient:
+            self._broken.add((name, call.key))
         self._failures[(name, what)] += 1
         d.calls -= 1  # the fallback served it, not this backend
-        if self._decisions.get(dkey) is d:  # another thread may have retired it already
+        if not transient and self._decisions.get(dkey) is d:  # another thread may have retired it already
             self._retired.append(self._decisions.pop(dkey))
         if (name, what) not in self._logged:
             self._logged.add((name, what))
-            log.warning("backend %s failed on %s (%s); using %s for this shape from now on",
-                        name, call.describe(), what, self.fallback.name)
+            log.warning("backend %s failed on %s (%s); using %s for %s", name, call.describe(), what,
+                        self.fallback.name, "this call" if transient else "this shape from now on")
         return self.fallback.run(call)
 
     # -- telemetry ------------------------------------------------------------------------------------------

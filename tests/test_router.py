@@ -71,6 +71,27 @@ def test_failing_backend_falls_back_with_identical_output_counted_and_logged_onc
     assert t["sdpa"]["served"] == 3
 
 
+def test_out_of_memory_is_not_marked_broken(rng):
+    """Out of device memory is the moment's, not the backend's: the fallback serves that call and the next
+    call of the same shape tries the backend again."""
+    class Tight(Boom):
+        def run(self, call):
+            self.runs += 1
+            if self.runs == 1:
+                raise torch.OutOfMemoryError("out of memory (simulated)")
+            return SDPABackend().run(call)
+    tight = Tight()
+    router = Router([tight, SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    q, k, v = qkv(rng)
+    expected = SDPABackend().run(make_call(q, k, v, heads=2))
+    for _ in range(3):
+        assert torch.equal(arcattn.attention(q, k, v, heads=2), expected)
+    assert tight.runs == 3
+    t = router.telemetry()
+    assert t["boom"]["served"] == 2 and t["sdpa"]["served"] == 1
+
+
 def test_broken_is_per_signature(rng):
     boom = Boom()
     router = Router([boom, SDPABackend()], disabled=(), prefer="")
