@@ -123,11 +123,18 @@ def test_backend_sweep_matches_reference(rng, poisoned_empty, monkeypatch, case,
         monkeypatch.setenv("ARCATTN_TRITON_SHORT_KEYS", "0")
     q, k, v = caller_tensors(rng, layout, B, H, Sq, Sk, D, dtype, strided)
     heads = H if layout == "bsd" else None
+    launched, real_launch = [], flash.launch
+
+    def spy(plan, *a, **kw):  # the answer must come from the kernel, not from a fallback inside the backend
+        launched.append(plan)
+        return real_launch(plan, *a, **kw)
+    monkeypatch.setattr(flash, "launch", spy)
     res = arcattn.attention(q, k, v, heads=heads, layout=layout, causal=causal, return_lse=lse, backend="triton")
     out, out_lse = res if lse else (res, None)
     call = make_call(q, k, v, heads=heads, layout=layout, causal=causal, want_lse=lse)
     assert out.shape == call.empty_out()[0].shape and out.is_contiguous(), "output not in the caller's layout"
     plan = arcattn.get_router().backend("triton")._entries[call.key].plan
+    assert launched and launched[-1] is plan
     if kernel == "flash" or not ON_GPU:  # (on a GPU a measured entry may take a shape from the rule)
         assert plan.short == (kernel == "default" and _short_keys_applies(case)), plan.describe()
     check_against_reference(call, out, out_lse)
@@ -240,14 +247,16 @@ def test_scale_argument(rng, scale):
     assert rel_error(lse.cpu(), ref_lse) < LSE_TOL
 
 
-@pytest.mark.parametrize("splits,causal,dtype,D", [(2, False, torch.float32, 40), (3, True, torch.float16, 72),
-                                                   (4, False, torch.bfloat16, 160), (5, True, torch.float32, 64)])
-def test_split_keys_merge_in_one_launch(rng, splits, causal, dtype, D):
-    """The occupancy path: the key range split over programs, merged by the last one to finish."""
+@pytest.mark.parametrize("splits,causal,dtype,D,bm", [(2, False, torch.float32, 40, 16), (3, True, torch.float16, 72, 16),
+                                                      (4, False, torch.bfloat16, 160, 16), (5, True, torch.float32, 64, 16),
+                                                      (3, True, torch.float32, 40, 32)])
+def test_split_keys_merge_in_one_launch(rng, splits, causal, dtype, D, bm):
+    """The occupancy path: the key range split over programs, merged by the last one to finish. Causal with
+    query tiles taller than key blocks leaves a split's rows with no key at all (the EMPTY_ROWS guard)."""
     B, H, Sq, Sk = 2, 1, 35, 150
     q, k, v = (rand(rng, B, H, s, D, dtype=dtype) for s in (Sq, Sk, Sk))
     out4 = torch.full((B, H, Sq, D), float("nan"), dtype=dtype, device=DEV)
-    cfg = configs.TileConfig(16, 16, 4, 1)
+    cfg = configs.TileConfig(bm, 16, 4, 1)
     _, lse = flash_attention(q, k, v, causal=causal, return_lse=True, out4=out4, config=cfg, splits=splits)
     ref, ref_lse = attention_reference(q.cpu(), k.cpu(), v.cpu(), causal=causal)
     assert rel_error(out4.cpu(), ref) < TOL[dtype]
@@ -600,6 +609,21 @@ def test_repeated_calls_reuse_the_plan(rng):
         assert b._entries[c2.key] is entry
         ref, _ = attention_reference(c2.q4.cpu(), c2.k4.cpu(), c2.v4.cpu(), scale=0.1)
         assert rel_error(c2.to_caller(ref), out.cpu()) < TOL[torch.float32]
+
+
+def test_same_shape_with_other_flags_gets_its_own_plan(rng, poisoned_empty):
+    """The signature includes causal, LSE and the head dim's stride: one shape asked first plain, then causal,
+    then with LSE, then with a strided head dim, must never reuse the plain call's plan."""
+    q, k, v = caller_tensors(rng, "bhsd", 1, 2, 24, 24, 32, torch.float32)
+    for kw in ({}, {"causal": True}, {"return_lse": True}):
+        res = arcattn.attention(q, k, v, backend="triton", **kw)
+        out, lse = res if kw.get("return_lse") else (res, None)
+        check_against_reference(make_call(q, k, v, causal=kw.get("causal", False)), out, lse)
+    b = arcattn.get_router().backend("triton")
+    calls = [make_call(q, k, v, causal=c, want_lse=w) for c, w in ((False, False), (True, False), (False, True))]
+    assert len({id(b._entries[c.key]) for c in calls}) == 3
+    strided = torch.randn(1, 2, 24, 32, 2, generator=rng)[..., 0]
+    assert make_call(strided, k, v).key != calls[0].key
 
 
 @pytest.mark.slow

@@ -458,12 +458,25 @@ def test_allowed_by_environment(cpu_binary, monkeypatch):
 
 @pytest.mark.parametrize("layout,out_layout", [("bsd", "bsd"), ("bhsd", "bhsd"), ("bshd", "bshd"), ("bsd", "bhsd"),
                                                ("bhsd", "bsd")])
-def test_router_serves_through_xmx(cpu_backend, rng, layout, out_layout):
+def test_router_serves_through_xmx(cpu_backend, rng, monkeypatch, layout, out_layout):
     B, H, Sq, Sk, D = 1, 3, 29, 41, 64
     shape = {"bsd": lambda S: (B, S, H * D), "bhsd": lambda S: (B, H, S, D), "bshd": lambda S: (B, S, H, D)}[layout]
     q, k, v = (torch.randn(shape(S), generator=rng).to(torch.float16) for S in (Sq, Sk, Sk))
     arcattn.set_router(Router([cpu_backend, SDPABackend()]))
+    real_empty, real_mod, forwards = torch.empty, cpu_backend._mod, []
+
+    class Spy:  # the answer must come from the binary's forward, into an output it had to fill
+        def __getattr__(self, name):
+            return getattr(real_mod, name)
+
+        def forward(self, *a):
+            forwards.append(a)
+            return real_mod.forward(*a)
+    monkeypatch.setattr(cpu_backend, "_mod", Spy())
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
     out = arcattn.attention(q, k, v, heads=H, layout=layout, out_layout=out_layout)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert len(forwards) == 1
     c = make_call(q, k, v, heads=H, layout=layout, out_layout=out_layout)
     ref, _ = attention_reference(c.q4, c.k4, c.v4)
     got = make_call(out, out, out, heads=H, layout=out_layout).q4
