@@ -21,18 +21,21 @@ def spy(monkeypatch):
     return shapes
 
 
-@pytest.mark.parametrize("causal,masked", [(False, False), (True, False), (False, True), (True, True)])
-def test_chunks_stay_under_budget_and_match_reference(rng, spy, causal, masked):
+# mask_rows: None (no mask), 50 (a mask per query row), 1 (one row for all queries: a key-padding mask)
+@pytest.mark.parametrize("causal,mask_rows", [(False, None), (True, None), (False, 50), (True, 50), (False, 1),
+                                              (True, 1)])
+def test_chunks_stay_under_budget_and_match_reference(rng, spy, monkeypatch, causal, mask_rows):
     B, H, Sq, Sk, D = 2, 3, 50, 40, 16
     budget = B * H * Sk * 4 * 7  # room for 7 query rows of fp32 scores
     backend = SDPABackend(max_alloc_bytes=budget, chunk_devices=("cpu",))
     q, k, v = (torch.randn(B, S, H * D, generator=rng) for S in (Sq, Sk, Sk))
-    mask = None
-    if masked:
-        mask = torch.randn(B, 1, Sq, Sk, generator=rng)
+    mask = None if mask_rows is None else torch.randn(B, 1, mask_rows, Sk, generator=rng)
     call = make_call(q, k, v, heads=H, mask=mask, causal=causal)
     assert backend.chunk_rows(call) == 7
+    real_empty = torch.empty  # every output row must be written by a chunk
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
     out = backend.run(call)
+    monkeypatch.setattr(torch, "empty", real_empty)
     assert len(spy) == -(-Sq // 7)
     for qs, ks in spy:
         assert qs[0] * qs[1] * qs[2] * ks[2] * 4 <= budget
