@@ -66,8 +66,14 @@ def test_patch_rebinds_registers_and_undoes(comfy, rec):
     attention, _ = comfy
     from arcattn.hosts import comfyui
     orig, orig_masked = attention.optimized_attention, attention.optimized_attention_masked
+    # a model module imported before the patch holds its own copies, which the patch must reach too
+    early = types.ModuleType("comfy.ldm.early_model")
+    early.optimized_attention, early.optimized_attention_masked = orig, orig_masked
+    sys.modules[early.__name__] = early
     assert comfyui.load(attention)
     assert attention.optimized_attention is not orig
+    assert early.optimized_attention is attention.optimized_attention
+    assert early.optimized_attention_masked is attention.optimized_attention_masked
     assert attention.optimized_attention.__wrapped__.original is orig  # host's wrap_attn kept around ours
     assert "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS
     # a model module imported after the patch (as ComfyUI does on a workflow's first use) copies our function
@@ -79,6 +85,7 @@ def test_patch_rebinds_registers_and_undoes(comfy, rec):
     comfyui.unregister(attention)
     assert attention.optimized_attention is orig and attention.optimized_attention_masked is orig_masked
     assert late.optimized_attention is orig and late.optimized_attention_masked is orig_masked
+    assert early.optimized_attention is orig and early.optimized_attention_masked is orig_masked
     assert "arcattn" not in attention.REGISTERED_ATTENTION_FUNCTIONS
 
 
@@ -110,6 +117,25 @@ def test_patched_function_honours_host_signature(comfy, rec, rng, skip_reshape, 
     ref, _ = attention_reference(q4, k4, v4)
     ref = ref if skip_output_reshape else ref.transpose(1, 2).flatten(2)
     assert rel_error(out, ref) < 1e-5
+
+
+def test_scale_keyword_is_treated_as_the_host_function_treats_it(rec, rng):
+    """ComfyUI's functions swallow `scale=` in **kwargs and ignore it: so does arcattn. A function that names
+    `scale` gets it honoured."""
+    from arcattn.hosts.common import HostAttention
+    q, k, v = inputs(rng)
+
+    def ignores(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, **kwargs):
+        raise AssertionError("not reached")
+
+    def honours(q, k, v, heads, mask=None, scale=None, **kwargs):
+        raise AssertionError("not reached")
+    q4, k4, v4 = (t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v))
+    for fn, scale in ((ignores, None), (honours, 0.3)):
+        out = HostAttention(fn, "comfyui")(q, k, v, 4, scale=0.3)
+        ref, _ = attention_reference(q4, k4, v4, scale=scale)
+        assert rel_error(out, ref.transpose(1, 2).flatten(2)) < 1e-5
+    assert len(rec.seen) == 2
 
 
 def test_masked_call_goes_to_a_backend_that_takes_masks(comfy, rec, rng):

@@ -8,6 +8,7 @@ a generation is never lost because of the plugin.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from typing import Callable, Optional
@@ -32,6 +33,12 @@ class HostAttention:
         # ComfyUI (and ldm_patched) read a 3-D mask as (B, Sq, Sk); Forge's backend.attention hands it to SDPA
         # as it is, which broadcasts it against (B, H, Sq, Sk): its first dim then runs over heads
         self.mask_batch_first = mask_batch_first
+        # `scale=` as the host's own function treats it: ComfyUI's functions take it into **kwargs and ignore it,
+        # so arcattn does too unless the function names it (the answer must not depend on which path served it)
+        try:
+            self.takes_scale = "scale" in inspect.signature(original).parameters
+        except (TypeError, ValueError):
+            self.takes_scale = False
         self.host = host
         self.prefer = prefer
         self.enabled = enabled
@@ -52,7 +59,7 @@ class HostAttention:
             m = mask if mask is None or self.mask_batch_first or mask.dim() != 3 else mask[None]
             call = make_call(q, k, v, heads=heads, layout=layout,
                              out_layout="bhsd" if skip_output_reshape else "bsd",
-                             mask=m, scale=kwargs.get("scale"))
+                             mask=m, scale=kwargs.get("scale") if self.takes_scale else None)
             return get_router().run(call, prefer=prefer)
         except Exception as e:  # noqa: BLE001 - the host's own function takes over
             return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
