@@ -82,3 +82,49 @@ def test_processor_falls_back_when_arcattn_breaks(unet, rng, monkeypatch):
         ref = diffusers.models.attention_processor.AttnProcessor2_0()(attn, h)
         out = arc_diffusers.ArcAttnProcessor()(attn, h)
     assert rel_error(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_processor_follows_every_stock_step(rng, fail):
+    """qk norms, a 4-D (image) input, the residual, rescale_output_factor and a padding mask, against the stock
+    processor; fail=True takes the processor's own fallback (the router raising) with the same mask."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+    torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=rng)))
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8, qk_norm="layer_norm",
+                     residual_connection=True, rescale_output_factor=2.0).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=rng) * 0.3 + (1.0 if p.ndim == 1 else 0.0))
+    h = torch.randn(2, 32, 4, 5, generator=rng)
+    ctx = torch.randn(2, 9, 24, generator=rng)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    proc = arc_diffusers.ArcAttnProcessor()
+    if fail:
+        class Broken:
+            def run(self, call, prefer=None):
+                raise RuntimeError("router exploded")
+        proc.router = Broken()
+    with torch.no_grad():
+        ref = AttnProcessor2_0()(attn, h, ctx, attention_mask=mask)
+        out = proc(attn, h, ctx, attention_mask=mask)
+        unmasked = AttnProcessor2_0()(attn, h, ctx)
+    assert out.shape == h.shape
+    assert rel_error(out, ref) < 1e-5 and rel_error(unmasked, ref) > 1e-3  # the mask mattered
+
+
+def test_enable_keeps_processors_it_does_not_know(unet):
+    """IP-Adapter, added-KV or LoRA-style processors keep theirs; only the plain ones are replaced."""
+    class IPAdapterLike(diffusers.models.attention_processor.AttnProcessor2_0):
+        pass
+    name = next(iter(unet.attn_processors))
+    procs = dict(unet.attn_processors)
+    procs[name] = custom = IPAdapterLike()
+    total = len(procs)
+    unet.set_attn_processor(procs)  # (consumes the dict)
+    try:
+        n = arc_diffusers.enable(unet)
+        assert n == total - 1 and unet.attn_processors[name] is custom
+    finally:
+        arc_diffusers.disable(unet)
+        unet.set_attn_processor(diffusers.models.attention_processor.AttnProcessor2_0())
