@@ -193,6 +193,31 @@ def test_preferred_backend_and_unknown_name(host, rng, caplog):
     assert "unknown backend" in caplog.text
 
 
+def test_generation_backend_and_counter_follow_each_generation(host, rng):
+    """The accordion's backend reaches every wrapper; each generation's counter starts from its own baseline and
+    its label names the backend that served most of its calls."""
+    from arcattn.backends.sdpa import SDPABackend
+    from arcattn.dispatch import Router
+
+    class Rec(SDPABackend):  # a fast-path stand-in the router prefers over sdpa
+        name, is_fallback = "triton", False
+    arcattn.set_router(Router([Rec(), SDPABackend()], disabled=(), prefer=""))
+    host(STANDINS)
+    import backend.nn.unet as U
+    forge.install()
+    q, k, v = (torch.randn(1, 16, 32, generator=rng) for _ in range(3))
+
+    def generation(calls):
+        counter = forge.GenerationCounter()
+        counter.start()
+        for n in calls:
+            forge.set_generation(True, n)
+            U.attention_function(q, k, v, 2)
+        return counter.counts(), counter.label()
+    assert generation(["auto", "auto", "sdpa"]) == ({"triton": 2, "sdpa": 1}, "triton")
+    assert generation(["sdpa", "sdpa", "auto"]) == ({"sdpa": 2, "triton": 1}, "sdpa")
+
+
 def test_flux_skip_reshape_layout(host, rng):
     host(STANDINS)
     import backend.nn.flux as FL
