@@ -11,7 +11,7 @@ import arcattn
 from arcattn.backends.base import Backend
 from arcattn.backends.sdpa import SDPABackend
 from arcattn.dispatch import Router
-from arcattn.tune import MeasuredChooser, TuneCache, bucket, bucket_key, policy_from_env
+from arcattn.tune import CACHE_VERSION, MeasuredChooser, TuneCache, bucket, bucket_key, policy_from_env
 
 
 class Timed(Backend):
@@ -83,10 +83,14 @@ def test_nearby_length_shares_a_bucket_new_resolution_does_not_retune_everything
     assert bucket(256) == bucket(264) and bucket(256) != bucket(512) and bucket(77) != bucket(64)
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 2, "env": {"torch": "0.0"}, "entries": {}}),
-                                     json.dumps({"version": 2, "env": None, "entries": {"x": 3}})])
-def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, content):
+@pytest.mark.parametrize("kind", ["not json", "another setup", "malformed entries", "no entries"])
+def test_corrupt_or_stale_cache_is_ignored_with_one_line(tmp_path, rng, caplog, kind):
     cache = TuneCache(torch.device("cpu"), str(tmp_path))
+    current = {"version": CACHE_VERSION, "env": cache.env}  # each file wrong in one way only
+    content = {"not json": "{not json",
+               "another setup": json.dumps(dict(current, env=dict(cache.env, torch="0.0"), entries={})),
+               "malformed entries": json.dumps(dict(current, entries={"x": 3})),
+               "no entries": json.dumps(current)}[kind]
     with open(cache.path, "w") as f:
         f.write(content)
     fast = Timed("fast", 10.0)
@@ -147,6 +151,13 @@ def test_chooser_failure_falls_back_to_priority(rng, caplog):
 def test_bucket_key_names_the_signature(rng):
     call = arcattn.make_call(*qkv(rng, S=77), heads=4)
     assert bucket_key(call).startswith("B1 H4 Sq~2^6.5 Sk~2^6.5 D16")
+    q, k, v = qkv(rng, S=77)
+    variants = [arcattn.make_call(q, k, v, heads=4), arcattn.make_call(q.half(), k.half(), v.half(), heads=4),
+                arcattn.make_call(q, k, v, heads=4, out_layout="bhsd"),
+                arcattn.make_call(q, k, v, heads=4, mask=torch.ones(77, 77, dtype=torch.bool)),
+                arcattn.make_call(q, k, v, heads=4, mask=torch.zeros(77, 77)),
+                arcattn.make_call(q, k, v, heads=4, causal=True), arcattn.make_call(q, k, v, heads=4, want_lse=True)]
+    assert len({bucket_key(c) for c in variants}) == len(variants)  # each of these tunes on its own
     assert bucket(4096) == "2^12" and bucket(40) == "40"
 
 
