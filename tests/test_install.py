@@ -12,6 +12,7 @@ import sysconfig
 import time
 
 import pytest
+import torch
 
 import arcattn
 from arcattn import install_check as ic
@@ -378,3 +379,31 @@ def test_verdict_cannot_work(arc_machine, capsys):
     arc_machine(RuntimeError("UR error: device lost\nmore"))
     rc, _, _, out = _verdict(capsys)
     assert rc == 1 and "the self-test crashed (RuntimeError: UR error: device lost)" in out
+
+
+def test_selftest_fails_a_wrong_or_crashing_backend():
+    """The self-test that doctor and install.py trust: a backend off by 1 % or one that raises is FAIL, and
+    then the whole run has not passed; correct backends alone pass."""
+    from arcattn.backends.sdpa import SDPABackend
+    from arcattn.dispatch import Router
+    from arcattn.selftest import format_results, passed, run_selftest
+
+    class Wrong(SDPABackend):
+        name, is_fallback = "triton", False
+
+        def run(self, call):
+            return super().run(call) * 1.01
+
+    class Crashing(SDPABackend):
+        name, is_fallback = "xmx", False
+
+        def run(self, call):
+            raise RuntimeError("device lost (simulated)")
+    arcattn.set_router(Router([Crashing(), Wrong(), SDPABackend()], disabled=(), prefer=""))
+    results = run_selftest(torch.device("cpu"))
+    state = {(r["backend"], r["case"]): r["ok"] for r in results}
+    assert {b for (b, _), ok in state.items() if ok is False} == {"xmx", "triton"}  # (the router: sdpa after xmx)
+    assert all(ok for (b, _), ok in state.items() if b == "sdpa")
+    assert not passed(results) and "FAIL xmx" in format_results(results)
+    arcattn.set_router(Router([SDPABackend()], disabled=(), prefer=""))
+    assert passed(run_selftest(torch.device("cpu")))
