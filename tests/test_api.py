@@ -145,6 +145,12 @@ def t(*shape, dtype=torch.float32):
     ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "scale": float("inf")}, ValueError, "finite"),
     ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "scale": "x"}, TypeError, "scale must be a number"),
     ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "backend": "nope"}, ValueError, "unknown backend"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "out_layout": "nope"}, ValueError, "out_layout must be"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": t(8)}, ValueError, "mask must be 2-D, 3-D or 4-D"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": t(1, 2, 1, 8, 8)}, ValueError, "2-D, 3-D or 4-D"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": [[True]]}, TypeError, "mask must be a torch"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": torch.ones(8, 8, device="meta")}, ValueError,
+     "mask is on meta"),
 ])
 def test_bad_input_is_named(args, kwargs, exc, words):
     with pytest.raises(exc, match=words):
