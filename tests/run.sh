@@ -12,6 +12,8 @@ if [ "$(cat .venv/.arcattn-deps 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
     echo "$stamp" > .venv/.arcattn-deps
 fi
+# the suites that need them would skip as a whole without them: fail here instead
+.venv/bin/python -c "import triton, diffusers, pybind11" || { echo "tests/run.sh: a pinned test dependency does not import" >&2; exit 1; }
 if [ -f extension/build.py ]; then
     .venv/bin/python extension/build.py --cpu-reference --quiet
 fi

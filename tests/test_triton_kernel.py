@@ -237,6 +237,20 @@ def test_head_dim_not_unit_stride(rng):
     assert rel_error(out.cpu(), ref) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("Sk", [77, 250])  # the short-keys kernel, the flash kernel
+def test_unaligned_base_and_strides(rng, poisoned_empty, Sk):
+    """q/k/v views starting one element into their buffers, with odd row strides (a fused projection's slices):
+    neither the base nor the rows are 16-byte aligned, so the plan's unaligned variant serves them."""
+    B, H, Sq, D = 2, 2, 33, 40
+    def view(S):
+        buf = rand(rng, B, S, H * D + 3, dtype=torch.float16)
+        return buf[..., 1:1 + H * D]
+    q, k, v = view(Sq), view(Sk), view(Sk)
+    assert q.data_ptr() % 16 and q.stride(1) % 8
+    out = arcattn.attention(q, k, v, heads=H, backend="triton")
+    check_against_reference(make_call(q, k, v, heads=H), out)
+
+
 @pytest.mark.parametrize("scale", [0.3, 0.0, -0.25, 2.0])
 def test_scale_argument(rng, scale):
     B, H, Sq, Sk, D = 1, 2, 23, 41, 40
