@@ -463,7 +463,7 @@ def test_backend_uses_descriptors_where_the_device_wants_them(rng, monkeypatch):
     call = make_call(q, k, v, heads=2)
     assert b._prepare(call).plan.kwargs["USE_DESC"]
     check_against_reference(call, b.run(call))
-    strided = torch.randn(1, 40, 2, 64, 2, generator=rng).to(torch.float16)[..., 0].flatten(2)
+    strided = rand(rng, 1, 40, 2, 64, 2, dtype=torch.float16)[..., 0].flatten(2)
     call = make_call(strided, k, v, heads=2)
     assert not b._prepare(call).plan.kwargs["USE_DESC"]
     check_against_reference(call, b.run(call))
@@ -636,7 +636,7 @@ def test_same_shape_with_other_flags_gets_its_own_plan(rng, poisoned_empty):
     b = arcattn.get_router().backend("triton")
     calls = [make_call(q, k, v, causal=c, want_lse=w) for c, w in ((False, False), (True, False), (False, True))]
     assert len({id(b._entries[c.key]) for c in calls}) == 3
-    strided = torch.randn(1, 2, 24, 32, 2, generator=rng)[..., 0]
+    strided = rand(rng, 1, 2, 24, 32, 2, dtype=torch.float32)[..., 0]
     assert make_call(strided, k, v).key != calls[0].key
 
 
