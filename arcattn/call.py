@@ -91,6 +91,11 @@ class AttentionCall:
     def v4(self) -> torch.Tensor:
         return self._as4(self.v, self.Dv)
 
+    @property
+    def unit_stride(self) -> bool:
+        """Each row's head dim is contiguous in q, k and v (what 2-D block loads and the native kernel need)."""
+        return _unit_stride(self.q, self.k, self.v)
+
     def strides4(self, t: torch.Tensor) -> tuple:
         """Strides of `t` seen as (B, H, S, D), from integer arithmetic alone."""
         s = t.stride()
@@ -140,7 +145,7 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, heads,
                layout, out_layout,
                None if mask is None else (mask.shape, mask.dtype, mask.device),
-               bool(causal), bool(want_lse), q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1,
+               bool(causal), bool(want_lse), _unit_stride(q, k, v),
                needs_grad)
         geo = _geometry.get(key)
     except (AttributeError, TypeError, IndexError, RuntimeError):  # not tensors, unhashable arguments, ...
@@ -163,6 +168,10 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
         elif geo.mask_ndim == 3:
             mask = mask[:, None]
     return AttentionCall(q, k, v, mask, scale, bool(causal), bool(want_lse), key, geo, default_scale, needs_grad)
+
+
+def _unit_stride(q, k, v) -> bool:
+    return q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
 
 
 def _check_scale(scale) -> float:

@@ -32,11 +32,6 @@ except ValueError:
 MAX_GRID_BH = 65535  # batch x heads sits on grid axis 1
 
 
-
-def _unit_stride(call: AttentionCall) -> bool:
-    """Tensor descriptors (2-D block loads) need each row's head dim contiguous in q, k and v."""
-    return call.q.stride(-1) == 1 and call.k.stride(-1) == 1 and call.v.stride(-1) == 1
-
 class _Entry:
     """Per-signature launch state."""
 
@@ -159,7 +154,7 @@ class TritonBackend(Backend):
         flash, configs = self._flash, self._configs
         info = configs.device_info(call.device.type, call.device.index or 0, flash.interpreted())
         out, out4 = call.empty_out()  # the caller's output layout: remember its shape and (B, H, S, D) strides
-        plan = self._new_plan(call, info.use_descriptors and _unit_stride(call))
+        plan = self._new_plan(call, info.use_descriptors and call.unit_stride)
         guard = (call.device.type == "cuda" and torch.cuda.device_count() > 1) or (
             call.device.type == "xpu" and torch.xpu.device_count() > 1)
         e = _Entry(plan, tuple(out.shape), tuple(out4.stride()), (call.B, call.H, call.Sq), guard,

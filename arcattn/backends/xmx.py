@@ -483,7 +483,7 @@ class XMXBackend(Backend):
         seq = max(call.Sq, call.Sk)
         if self.max_seq is not None and seq > self.max_seq:
             reasons.append(f"sequence {seq} > {self.max_seq} (device-lost guard; {ENV_MAX_SEQ})")
-        if not (call.q.stride(-1) == 1 and call.k.stride(-1) == 1 and call.v.stride(-1) == 1):
+        if not call.unit_stride:
             reasons.append("q, k, v need a unit stride in the head dim")
         return reasons
 
