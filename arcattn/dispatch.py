@@ -22,7 +22,7 @@ from .call import AttentionCall
 
 log = logging.getLogger("arcattn")
 
-_OUT_OF_MEMORY = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),) if t is not None)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: CUDA's only
 
 
 class BackendUnsupported(ValueError):
