@@ -32,6 +32,10 @@ def _attention_module(module=None):
     return module if module is not None else importlib.import_module(ATTENTION_MODULE)
 
 
+def _comfy_modules() -> list:
+    return [m for name, m in list(sys.modules.items()) if m is not None and name.startswith("comfy")]
+
+
 def is_patched() -> bool:
     return bool(_state.get("originals"))
 
@@ -53,8 +57,8 @@ def patch(module=None) -> bool:
     new_masked = new if orig_masked is orig else _wrap(mod, HostAttention(orig_masked, "comfyui"))
     targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
     # Models that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy.
-    for name, other in list(sys.modules.items()):
-        if other is None or other is mod or not name.startswith("comfy"):
+    for other in _comfy_modules():
+        if other is mod:
             continue
         for attr, o, n in (("optimized_attention", orig, new), ("optimized_attention_masked", orig_masked, new_masked)):
             if getattr(other, attr, None) is o:
@@ -82,9 +86,7 @@ def unpatch() -> None:
     for (target, attr), o in _state.pop("originals", {}).items():
         setattr(target, attr, o)
     ours = _state.pop("ours", {})
-    for name, other in list(sys.modules.items()):
-        if other is None or not name.startswith("comfy"):
-            continue
+    for other in _comfy_modules():
         for attr in ("optimized_attention", "optimized_attention_masked"):
             hit = ours.get(id(getattr(other, attr, None)))
             if hit is not None and hit[0] is getattr(other, attr):
