@@ -4,7 +4,7 @@ explicit layer, timed beside cuDNN and arcattn's Triton kernel.
     OUT=... python3 bench/gluon_sm90.py        (sm_90; each variant in its own process)
 
 The question: can wgmmas scheduled by hand beat cuDNN on SD's big self-attentions, where arcattn's Triton
-kernel trails it? (bench/NOTES_triton.md, visits 57-59: no; results in bench/results/gluon_visit5*_h100.)
+kernel trails it? (bench/NOTES_triton.md, visits 57-60: no; results in bench/results/gluon_visit5*_h100.)
 
 What Gluon lets this kernel do that the Triton kernel cannot:
 - the scores of key block j and the P @ V product of block j - 1 are issued back to back, asynchronously,
@@ -224,40 +224,33 @@ VARIANTS = {  # name: (BM, BN, STAGES, num_warps, P through shared memory, P @ V
 
 
 def _time(fn, reps: int = 50, rounds: int = 3) -> float:
-    """Per-call device time: `reps` calls captured in one CUDA graph (no host cost), median of `rounds`."""
+    """Per-call device time: `reps` calls captured in one CUDA graph (no host cost; eager if capture fails),
+    median of `rounds` replays."""
+    def calls():
+        for _ in range(reps):
+            fn()
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
+    run = calls
     try:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            for _ in range(reps):
-                fn()
-        run, reps_per_run = g.replay, reps
+            calls()
+        run = g.replay
     except Exception:  # noqa: BLE001
-        run, reps_per_run = None, reps
-    if run is not None:
-        run()
-        torch.cuda.synchronize()
-        best = []
-        for _ in range(rounds):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            run()
-            b.record()
-            torch.cuda.synchronize()
-            best.append(a.elapsed_time(b) * 1000 / reps_per_run)
-        return sorted(best)[len(best) // 2]
-    best = []
+        pass
+    run()
+    torch.cuda.synchronize()
+    times = []
     for _ in range(rounds):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        for _ in range(reps):
-            fn()
+        run()
         b.record()
         torch.cuda.synchronize()
-        best.append(a.elapsed_time(b) * 1000 / reps)
-    return sorted(best)[len(best) // 2]
+        times.append(a.elapsed_time(b) * 1000 / reps)
+    return sorted(times)[len(times) // 2]
 
 
 def _inputs(shape, seed=0):
