@@ -4,7 +4,7 @@ explicit layer, timed beside cuDNN and arcattn's Triton kernel.
     OUT=... python3 bench/gluon_sm90.py        (sm_90; each variant in its own process)
 
 The question: can wgmmas scheduled by hand beat cuDNN on SD's big self-attentions, where arcattn's Triton
-kernel trails it? (bench/NOTES_triton.md, visits 57-60: no; results in bench/results/gluon_visit5*_h100.)
+kernel trails it? (bench/NOTES_triton.md, visits 57-61: no; results in bench/results/gluon_visit5*_h100.)
 
 What Gluon lets this kernel do that the Triton kernel cannot:
 - the scores of key block j and the P @ V product of block j - 1 are issued back to back, asynchronously,
@@ -23,7 +23,13 @@ and the output's extra columns are never stored. Inputs: contiguous (B, S, H, D)
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from triton.experimental import gluon
@@ -32,10 +38,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from arcattn.bench import graph_us, sample_us  # noqa: E402
+
 
 @gluon.jit
-def _softmax_block(s, m_i, l_i, j, Sk, qk_scale, s_layout: gl.constexpr, p_op: gl.constexpr,
-                   BN: gl.constexpr, EVEN_K: gl.constexpr, DT: gl.constexpr):
+def _softmax_block(s, m_i, l_i, j, Sk, qk_scale, s_layout: gl.constexpr, BN: gl.constexpr, EVEN_K: gl.constexpr):
     if not EVEN_K:
         cols = j * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
         s = gl.where(gl.expand_dims(cols < Sk, 0), s, -float("inf"))
@@ -117,7 +125,7 @@ def _attn_fwd_sm90(q_desc, k_desc, v_desc, O, s_ob, s_os, s_oh, Sq, Sk, H, qk_sc
     mbarrier.wait(kv_bars.index(0), 0)
     s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
-    p, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, 0, Sk, qk_scale, s_layout, p_op, BN, EVEN_K, DT)
+    p, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, 0, Sk, qk_scale, s_layout, BN, EVEN_K)
     if P_SMEM:
         p_smem.index(0).store(p.to(DT))
         fence_async_shared()
@@ -138,7 +146,7 @@ def _attn_fwd_sm90(q_desc, k_desc, v_desc, O, s_ob, s_os, s_oh, Sq, Sk, H, qk_sc
             s = warpgroup_mma_wait(1, deps=(s, ))  # the scores only: P @ V runs on under this block's softmax
         else:
             acc, s = warpgroup_mma_wait(0, deps=(acc, s))
-        p_new, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, j, Sk, qk_scale, s_layout, p_op, BN, EVEN_K, DT)
+        p_new, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, j, Sk, qk_scale, s_layout, BN, EVEN_K)
         if P_SMEM:
             p_smem.index(j % 2).store(p_new.to(DT))
         # p_new and l_i pass through the wait, and P is packed to 16 bits only after it, to keep the wait
@@ -224,33 +232,13 @@ VARIANTS = {  # name: (BM, BN, STAGES, num_warps, P through shared memory, P @ V
 
 
 def _time(fn, reps: int = 50, rounds: int = 3) -> float:
-    """Per-call device time: `reps` calls captured in one CUDA graph (no host cost; eager if capture fails),
-    median of `rounds` replays."""
-    def calls():
-        for _ in range(reps):
-            fn()
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    run = calls
-    try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            calls()
-        run = g.replay
-    except Exception:  # noqa: BLE001
-        pass
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / reps)
-    return sorted(times)[len(times) // 2]
+    """Per-call device time: `reps` calls in one CUDA graph, median of `rounds` replays (no host cost); eager
+    back-to-back calls where capture fails."""
+    dev = torch.device("cuda")
+    us = graph_us(fn, dev, calls=reps, replays=rounds)
+    if us is None:
+        us = statistics.median(sample_us(lambda i: fn(), dev, reps, warm=3) for _ in range(rounds))
+    return us
 
 
 def _inputs(shape, seed=0):
@@ -266,8 +254,6 @@ def _rel_err(out, q, k, v):
 
 
 def _child(which: str) -> None:
-    import json
-    import sys
     from torch.nn.attention import SDPBackend, sdpa_kernel
     for name, shape in SHAPES.items():
         q, k, v = _inputs(shape)
@@ -290,7 +276,6 @@ def _child(which: str) -> None:
                     row["us"] = _time(f)
                 row["err"] = _rel_err(o.transpose(1, 2), q, k, v)
             elif which == "triton":
-                sys.path.insert(0, ".")
                 from arcattn.kernels import flash
                 qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
                 o4 = torch.full_like(qt, float("nan"))
@@ -304,10 +289,6 @@ def _child(which: str) -> None:
 
 
 def main() -> None:
-    import json
-    import os
-    import subprocess
-    import sys
     import triton
     print("device", torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__,
           "cudnn", torch.backends.cudnn.version(), flush=True)
@@ -330,7 +311,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import sys
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         _child(sys.argv[2])
     else:
