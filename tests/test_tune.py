@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import statistics
+import time
 
 import pytest
 import torch
@@ -171,7 +172,6 @@ def test_cache_of_an_older_format_is_not_trusted(tmp_path, rng, caplog):
 
 
 def test_stream_samples_report_microseconds_per_call():
-    import time
     from arcattn.tune import stream_samples_us
     samples = stream_samples_us(lambda: time.sleep(0.001), torch.device("cpu"), warmup=0, reps=2, batch=2)
     assert len(samples) == 2 and min(samples) >= 1000
@@ -211,7 +211,6 @@ def test_interleaved_rounds_resist_a_slow_spell():
 def test_chooser_counts_each_backends_fastest_round():
     """Two of three rounds of `spiky` land in a busy spell (30 ms instead of 1 ms per call): by its median it
     would lose to `steady` (10 ms), by its fastest round it wins. Contention only ever adds time."""
-    import time
     calls = {"spiky": 0}
 
     def spiky():
@@ -252,7 +251,6 @@ def test_device_samples_need_cuda():
 def test_device_samples_hide_the_host_cuda():
     """A backend costing the host 300 us and the GPU one tiny kernel against one costing the GPU ~100 us: in a
     stream the first looks slower, on the device it is faster, and the chooser goes by the device."""
-    import time
     from arcattn.tune import device_samples_us
     x = torch.zeros(1, device="cuda")
 
