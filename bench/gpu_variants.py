@@ -41,7 +41,7 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37|49|50 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37|49|50|62 picks one; results in bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -186,6 +186,27 @@ VISITS["50"] = [
     (n + " 154", (1, 2), _short([((64, 64, 4, 3), 1), ((64, 64, 4, 3), 2), ((64, 64, 4, 3), 4), ((64, 64, 4, 2), 2),
                                  ((128, 64, 8, 3), 1), ((128, 64, 8, 3), 2)]))
     for n in ("sd15-512 in1 cross", "sd15-512 in2 cross", "sdxl-1024 in2 cross", "sdxl-1024 in3 cross")]
+# register caps (ptxas .maxnreg, "rN"): more programs resident per SM. SDXL's 1024^2 self-attention at B = 2 has
+# 640 programs of 64 x 64 where 3 fit per SM (131 registers, 56 KB of shared memory): 1.6 waves on 132 SMs; with
+# two stages and 96 registers 5 fit and one wave holds them all. The "1024^2 H n" probes (B = 1, the plan's own
+# choice) measure the wave steps directly: 3 per SM x 132 = 396 programs per wave, 16 per head.
+for _h in (12, 20, 24, 26, 36, 40, 48, 50, 60, 74):
+    SHAPES[f"1024^2 H {_h}"] = dict(name=f"1024^2 H {_h}", H=_h, D=64, Sq=1024, Sk=1024)
+    if DEV == "cpu":
+        SHAPES[f"1024^2 H {_h}"].update(H=2, Sq=40, Sk=72)
+VISITS["62"] = [
+    ("sdxl-1024 in3 self", (1, 2), [(None, None), ((64, 64, 4, 3), None, "r128"), ((64, 64, 4, 3), None, "r104"),
+                                    ((64, 64, 4, 2), None), ((64, 64, 4, 2), None, "r128"),
+                                    ((64, 64, 4, 2), None, "r104"), ((64, 64, 4, 2), None, "r96"),
+                                    ((64, 32, 4, 3), None, "r80"), ((64, 32, 4, 4), None),
+                                    ((128, 64, 8, 3), None, "r112")]),
+    ("sdxl-1024 in2 self", (2,), [(None, None), ((64, 64, 4, 2), None, "r96"), ((64, 64, 4, 2), None, "r104"),
+                                  ((64, 64, 4, 3), None, "r104")]),
+    ("sd15-512 in2 self", (2,), [(None, None), ((128, 64, 8, 3), HYB80, "r128"), ((64, 64, 4, 2), HYB80, "r128"),
+                                 ((64, 64, 4, 3), HYB80, "r128")]),
+    ("sd15-512 in1 self", (2,), [(None, None), ((128, 64, 8, 3), HYB40, "r112"), ((64, 64, 4, 2), HYB40, "r96"),
+                                 ((64, 64, 4, 3), HYB40, "r104")]),
+] + [(f"1024^2 H {_h}", (1,), [(None, None)]) for _h in (12, 20, 24, 26, 36, 40, 48, 50, 60, 74)]
 CASES = VISITS[os.environ.get("GPU_VARIANTS", "50")]
 
 
@@ -215,20 +236,25 @@ def q_tiles(more):
     return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("qt")), 0)
 
 
-def plan_for(s, B, dtype, cfg, head, desc=False, vp=1, qt=0):
+def max_regs(more):
+    """N from an "rN" element after a variant's head spec (ptxas register cap per thread), else None."""
+    return next((int(m[1:]) for m in more if isinstance(m, str) and m[:1] == "r" and m[1:].isdigit()), None)
+
+
+def plan_for(s, B, dtype, cfg, head, desc=False, vp=1, qt=0, mr=None):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
                       want_lse=False,
-                      config=configs.TileConfig(*cfg[:4], value_parts=vp, q_tiles=qt) if cfg else None,
+                      config=configs.TileConfig(*cfg[:4], value_parts=vp, q_tiles=qt, max_registers=mr) if cfg else None,
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
                       use_descriptors=desc or None)
 
 
-def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1, qt=0):
+def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1, qt=0, mr=None):
     """(fn, q, k, v, out): fn() runs the kernel on the caller's (B, S, H*D) tensors."""
     from arcattn.kernels import flash
     from arcattn.call import make_call
-    plan = plan_for(s, B, dtype, cfg, head, desc, vp, qt)
+    plan = plan_for(s, B, dtype, cfg, head, desc, vp, qt, mr)
     if desc:
         flash._ensure_allocator(torch.device(DEV))
     q, k, v = inputs(s, B, dtype, seed)
@@ -245,7 +271,7 @@ def compile_one(job):
     name, B, dt, cfg, head, *more = job
     try:
         fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=value_parts(more),
-                    qt=q_tiles(more))[0]
+                    qt=q_tiles(more), mr=max_regs(more))[0]
         fn()
         sync()
         return None
@@ -294,13 +320,13 @@ def shape_main(name):
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
         for cfg, head, *more in variants:
-                desc, vp, qt = "desc" in more, value_parts(more), q_tiles(more)
+                desc, vp, qt, mr = "desc" in more, value_parts(more), q_tiles(more), max_regs(more)
                 label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "") + (f" vp{vp}" if vp > 1 else "")
-                         + (f" short qt{qt}" if qt else "") if cfg else "default")
+                         + (f" short qt{qt}" if qt else "") + (f" r{mr}" if mr else "") if cfg else "default")
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
                 try:
                     for dtype in ((torch.float16, torch.bfloat16) if cfg is None or qt else (torch.float16,)):
-                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, vp=vp, qt=qt)
+                        fn, q, k, v, out, call = runner(s, B, dtype, cfg, head, seed=7, desc=desc, vp=vp, qt=qt, mr=mr)
                         out.fill_(float("nan"))
                         fn()
                         sync()
@@ -314,7 +340,7 @@ def shape_main(name):
                         if not err < REFERENCE_TOL[dtype]:
                             row["wrong"] = True
                     if not row.get("wrong"):
-                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, vp=vp, qt=qt)[0]
+                        fns[label] = runner(s, B, torch.float16, cfg, head, desc=desc, vp=vp, qt=qt, mr=mr)[0]
                 except Exception as e:  # noqa: BLE001
                     row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 rows.append(row)

@@ -504,6 +504,14 @@ def test_tuned_entries_by_batch_times_heads():
     assert configs.tuned_entry("xpu", 64, 4096, 4096, 10) is None
 
 
+def test_register_cap_reaches_the_launch_options_only_when_set():
+    plain = configs.TileConfig(64, 64, 4, 3)
+    capped = configs.TileConfig(64, 64, 4, 3, max_registers=96)
+    assert "maxnreg" not in plain.options() and capped.options()["maxnreg"] == 96
+    assert capped.short() == plain.short() + " r96"
+    assert all(cfg.max_registers is None for cfg, *_ in configs.TUNED["sm90"].values())  # measured: no gain
+
+
 def test_occupancy_shrinks_tiles_then_splits_keys(monkeypatch):
     info = configs.DeviceInfo("sm90", 132, False)
     monkeypatch.setitem(configs.TUNED, "sm90", {})  # the heuristic, not the measured table

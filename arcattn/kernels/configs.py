@@ -39,19 +39,23 @@ class TileConfig:
     grf_mode: Optional[str] = None  # XPU only: "256" asks IGC for 256 registers per thread
     value_parts: int = 1  # programs per query tile, each writing one window of the output's columns
     q_tiles: int = 0  # > 0: the short-keys kernel (kernels/short_keys.py), this many query tiles per program
+    max_registers: Optional[int] = None  # CUDA: a cap on registers per thread (ptxas .maxnreg), for occupancy
 
     def options(self) -> dict:
         """Keyword arguments for the Triton launch."""
         opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
         if self.grf_mode is not None:
             opts["grf_mode"] = self.grf_mode
+        if self.max_registers is not None:
+            opts["maxnreg"] = self.max_registers
         return opts
 
     def short(self) -> str:
         return (f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
                 + (f" grf{self.grf_mode}" if self.grf_mode else "")
                 + (f" v/{self.value_parts}" if self.value_parts > 1 else "")
-                + (f" short q/{self.q_tiles}" if self.q_tiles else ""))
+                + (f" short q/{self.q_tiles}" if self.q_tiles else "")
+                + (f" r{self.max_registers}" if self.max_registers else ""))
 
 
 @dataclass(frozen=True)
