@@ -142,17 +142,18 @@ def check_variant(label, run, out, err_of, errs, fns):
         errs[label] = f"{type(e).__name__}: {str(e)[:120]}"
 
 
-def time_and_report(title, B, fns, errs, rows, ref_label=None):
-    """Kernel time per call from CUDA-graph replays (best of two interleaved rounds); one row and line each."""
+def time_and_report(title, B, fns, errs, rows, ref_label=None, *, rounds=2, ref_name="sdpa"):
+    """Kernel time per call from CUDA-graph replays (best of `rounds` interleaved rounds); one row and line each,
+    with the ratio to `ref_label`'s time, printed as "of <ref_name>"."""
     from arcattn.bench import graph_us
     times = {lab: [] for lab in fns}
-    for _ in range(2):
+    for _ in range(rounds):
         for lab, fn in fns.items():
             times[lab].append(graph_us(fn, torch.device("cuda")))
     best = {lab: min(x for x in t if x is not None) for lab, t in times.items() if any(x is not None for x in t)}
     for lab in list(fns) + [x for x in errs if x not in fns]:
         rows.append(dict(shape=title, B=B, label=lab, us=best.get(lab), err=errs.get(lab)))
-        ratio = f"  x{best[ref_label] / best[lab]:.2f} of sdpa" if ref_label in best and lab in best else ""
+        ratio = f"  x{best[ref_label] / best[lab]:.2f} of {ref_name}" if ref_label in best and lab in best else ""
         print(f"[{time.strftime('%H:%M:%S')}] {title} B={B} {lab}: "
               + (f"{best[lab]:.1f} us" if lab in best else "not timed") + ratio
               + (f"  err={errs[lab]:.1e}" if isinstance(errs.get(lab), float) else f"  {errs.get(lab, '')}"),

@@ -1,10 +1,11 @@
 """Go / no-go probe (visit 64): persistent programs, with and without the next tile's loads pipelined into the
 current tile's key loop.
 
-Visit 62 timed the 1024^2 D 64 self-attention over 12-74 heads: a program alone on an SM takes ~10 us for its 16
-key blocks, and each program beside it adds ~4.4 us (2 per SM: 14.4 us, 3 per SM: 18.8 us). So each of SDXL's 1024^2
-calls at B = 2 (640 programs of 64 rows, 4.85 per SM, 31 us) pays a start-up (the query tile's load, the first key
-blocks' loads, the store) per program that its neighbours only partly hide. A persistent program loops over
+Visit 62 timed the 1024^2 D 64 self-attention over 12-74 heads: with at most 2 programs per SM it took 14.4 us, with
+3 per SM 18.8 us, so each program beside another adds ~4.4 us and one alone would take ~10 us for its 16 key blocks
+(extrapolated, not measured). So each of SDXL's 1024^2 calls at B = 2 (640 programs of 64 rows, 4.85 per SM, 31 us)
+seems to pay a start-up (the query tile's load, the first key blocks' loads, the store) per program that its
+neighbours only partly hide. A persistent program loops over
 tiles; with `tl.range(..., flatten=True)` Triton fuses the tile loop and the key loop into one and can pipeline
 the next tile's first loads under the current tile's last blocks.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -76,21 +76,22 @@ def persistent(q, k, v, out, bm, bn, warps, stages, per_sm, flat):
 VARIANTS = [(64, 64, 4, 3, 0, False), (64, 64, 4, 3, 3, False), (64, 64, 4, 3, 2, True), (64, 64, 4, 2, 3, True),
             (64, 64, 4, 2, 2, True), (128, 64, 8, 3, 0, False), (128, 64, 8, 3, 2, False), (128, 64, 8, 3, 1, True),
             (128, 64, 8, 2, 2, True)]
-# (name, B * H, S): SDXL's 1024^2 self-attention at B = 1 and 2, its 4096^2 one at B = 2, SD1.5's D 40 4096^2 one at
+# (name, H, B, S): SDXL's 1024^2 self-attention at B = 1 and 2, its 4096^2 one at B = 2, SD1.5's D 40 4096^2 one at
 # B = 2 with the head padded to 64 (the work of the production kernel's padded part)
-SHAPES = [("sdxl-1024 in3 self B=1", 20, 1024), ("sdxl-1024 in3 self B=2", 40, 1024),
-          ("sdxl-1024 in2 self B=2", 20, 4096), ("sd15-512 in1 self B=2, D 64", 16, 4096)]
+SHAPES = [("sdxl-1024 in3 self", 20, 1, 1024), ("sdxl-1024 in3 self", 20, 2, 1024), ("sdxl-1024 in2 self", 10, 2, 4096),
+          ("sd15-512 in1 self, D 64", 8, 2, 4096)]
 
 
 def main():
-    from arcattn.bench import graph_us
     from arcattn.env import describe
     from arcattn.kernels import flash
     from arcattn.reference import attention_reference_chunked, rel_error
+    from bench.gpu_halves import check_variant, time_and_report
     import torch.nn.functional as F
     print(describe(), flush=True)
     rows = []
-    for name, BH, S in SHAPES:
+    for name, H, B, S in SHAPES:
+        BH = B * H
         g = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(BH, S, 64, device="cuda", generator=g, dtype=torch.float16) for _ in range(3))
         picks = [0, 1, BH - 2, BH - 1]
@@ -101,33 +102,15 @@ def main():
         fns = {"sdpa default": lambda: F.scaled_dot_product_attention(q4, k4, v4),
                "arcattn kernel": lambda: flash.flash_attention(q4, k4, v4, out4=o4)}
         errs = {}
+        # every tile written (the output is poisoned with NaN), and right on the first and last (batch, head)s
+        err_of = lambda out: rel_error(out[picks], ref) if torch.isfinite(out).all() else float("nan")  # noqa: E731
         for var in VARIANTS:
             label = "%dx%d w%d s%d " % var[:4] + ("one tile per program" if var[4] == 0 else
                                                    f"{var[4]}/SM" + (" flat" if var[5] else " plain"))
-            out = torch.full_like(q, float("nan"))
-            run = lambda out=out, var=var: persistent(q, k, v, out, *var)  # noqa: E731
-            try:
-                run()
-                torch.cuda.synchronize()
-                errs[label] = rel_error(out[picks], ref) if torch.isfinite(out).all() else float("nan")
-                if errs[label] < 2e-3:
-                    fns[label] = run
-            except Exception as e:  # noqa: BLE001
-                errs[label] = f"{type(e).__name__}: {str(e)[:160]}"
-        times = {lab: [] for lab in fns}
-        for _ in range(3):  # interleaved rounds
-            for lab, fn in fns.items():
-                times[lab].append(graph_us(fn, torch.device("cuda")))
-        best = {lab: min(x for x in t if x is not None) for lab, t in times.items() if any(x is not None for x in t)}
-        control = best.get("64x64 w4 s3 one tile per program") if "1024" in name else best.get(
-            "128x64 w8 s3 one tile per program")
-        for lab in list(fns) + [x for x in errs if x not in fns]:
-            rows.append(dict(shape=name, label=lab, us=best.get(lab), rounds=times.get(lab), err=errs.get(lab)))
-            ratio = f"  x{control / best[lab]:.2f} of one tile per program" if control and lab in best else ""
-            err = errs.get(lab, "")
-            print(f"[{time.strftime('%H:%M:%S')}] {name} {lab}: "
-                  + (f"{best[lab]:.1f} us" if lab in best else "not timed") + ratio
-                  + (f"  err={err:.1e}" if isinstance(err, float) else f"  {err}"), flush=True)
+            check_variant(label, lambda out, var=var: persistent(q, k, v, out, *var), torch.full_like(q, float("nan")),
+                          err_of, errs, fns)
+        control = "64x64 w4 s3 one tile per program" if S == 1024 else "128x64 w8 s3 one tile per program"
+        time_and_report(name, B, fns, errs, rows, ref_label=control, rounds=3, ref_name="one tile per program")
     OUT.mkdir(parents=True, exist_ok=True)
     json.dump(rows, open(OUT / "persistent.json", "w"), indent=1)
 

@@ -41,7 +41,8 @@ HYB40, HYB80 = (32, 16, 64, 0), (64, 16, 128, 0)  # q/k split, v padded (the sm9
 C40 = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 8, 3)]
 C64 = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (64, 128, 4, 3), (128, 128, 8, 3)]
 C80 = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)]
-# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37|49|50|62 picks one; results in bench/results/variants_visit*):
+# The case list of each visit (GPU_VARIANTS=11|12|18|19|25|33|36|37|49|50|62 picks one; results in
+# bench/results/variants_visit*):
 # (shape, batches, [(tile configuration (BM, BN, warps, stages[, key splits]) or None for the plan's own choice,
 #                    head spec or None), ...])
 VISITS = {
@@ -226,26 +227,19 @@ def inputs(s, B, dtype, seed):
     return mk(s["Sq"]), mk(s["Sk"]), mk(s["Sk"])
 
 
-def value_parts(more):
-    """N from a "vpN" element after a variant's head spec (output column windows), else 1."""
-    return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("vp")), 1)
-
-
-def q_tiles(more):
-    """N from a "qtN" element after a variant's head spec (the short-keys kernel), else 0."""
-    return next((int(m[2:]) for m in more if isinstance(m, str) and m.startswith("qt")), 0)
-
-
-def max_regs(more):
-    """N from an "rN" element after a variant's head spec (ptxas register cap per thread), else None."""
-    return next((int(m[1:]) for m in more if isinstance(m, str) and m[:1] == "r" and m[1:].isdigit()), None)
+def marker(more, prefix, default):
+    """N from a "<prefix>N" element after a variant's head spec, else default: "vpN" output column windows,
+    "qtN" the short-keys kernel's query tiles per program, "rN" a register cap per thread."""
+    return next((int(m[len(prefix):]) for m in more
+                 if isinstance(m, str) and m.startswith(prefix) and m[len(prefix):].isdigit()), default)
 
 
 def plan_for(s, B, dtype, cfg, head, desc=False, vp=1, qt=0, mr=None):
     from arcattn.kernels import configs, flash
     return flash.Plan(torch.device(DEV), dtype, B, s["H"], s["Sq"], s["Sk"], s["D"], causal=False,
                       want_lse=False,
-                      config=configs.TileConfig(*cfg[:4], value_parts=vp, q_tiles=qt, max_registers=mr) if cfg else None,
+                      config=(configs.TileConfig(*cfg[:4], value_parts=vp, q_tiles=qt, max_registers=mr)
+                              if cfg else None),
                       splits=(cfg[4] if len(cfg) > 4 else 1) if cfg else None, head=head,
                       use_descriptors=desc or None)
 
@@ -270,8 +264,8 @@ def runner(s, B, dtype, cfg, head, seed=0, desc=False, vp=1, qt=0, mr=None):
 def compile_one(job):
     name, B, dt, cfg, head, *more = job
     try:
-        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=value_parts(more),
-                    qt=q_tiles(more), mr=max_regs(more))[0]
+        fn = runner(SHAPES[name], B, getattr(torch, dt), cfg, head, desc="desc" in more, vp=marker(more, "vp", 1),
+                    qt=marker(more, "qt", 0), mr=marker(more, "r", None))[0]
         fn()
         sync()
         return None
@@ -320,7 +314,8 @@ def shape_main(name):
         for label, fn in sdpa_fns(s, B).items():
             fns[label] = fn
         for cfg, head, *more in variants:
-                desc, vp, qt, mr = "desc" in more, value_parts(more), q_tiles(more), max_regs(more)
+                desc, vp, qt, mr = ("desc" in more, marker(more, "vp", 1), marker(more, "qt", 0),
+                                    marker(more, "r", None))
                 label = (f"{cfg} head={head or 'split'}" + (" desc" if desc else "") + (f" vp{vp}" if vp > 1 else "")
                          + (f" short qt{qt}" if qt else "") + (f" r{mr}" if mr else "") if cfg else "default")
                 row = dict(shape=name, B=B, cfg=cfg, head=head, label=label)
@@ -377,7 +372,7 @@ def main():
     jobs = [(n, b[0], "float16", *v) for n, b, vs in CASES for v in vs]
     jobs += [(n, b, "float16", *v) for n, bs, vs in CASES for b in bs[1:] for v in vs if v[0] is None]
     jobs += [(n, b, "bfloat16", *v) for n, bs, vs in CASES for b in bs for v in vs
-             if v[0] is None or q_tiles(v[2:]) and b == bs[0]]
+             if v[0] is None or marker(v[2:], "qt", 0) and b == bs[0]]
     with ProcessPoolExecutor(8 if DEV == "cuda" else 2) as ex:
         for r in ex.map(compile_one, jobs):
             if r:
