@@ -5,7 +5,10 @@
 // against a host model of the ESIMD subset it uses (extension/src/host_model/: documented signatures, documented
 // block-size restrictions as static_asserts, documented semantics as we read them) and checked against float64
 // (arcattn._xmx.forward_kernel_model in the CPU build); (2) a separate plain C++ body with the same schedule
-// (extension/src/cpu_reference.hpp). Places where we were unsure of an API or of the hardware say "UNSURE".
+// (extension/src/cpu_reference.hpp); (3) this file through clang's host pass against Intel's real SYCL headers
+// of oneAPI 2025.3 and 2026.0, every instance, with the headers' own static_asserts (extension/check_headers.py;
+// it checks API use, not device code generation). Places where we were unsure of an API or of the hardware say
+// "UNSURE".
 //
 // out[b, s, h, :] = softmax(q k^T * scale) v for one (b, h), in fp16 or bf16, fp32 accumulation. No mask, no
 // causal, no LSE. Head dims 40/64/80/128/160 (padded to DP = 48/64/80/128/160 by the surface trick in

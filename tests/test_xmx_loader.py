@@ -285,9 +285,17 @@ def test_torch_sycl_runtime_from_the_loaded_library(monkeypatch):
 
 
 def test_torch_sycl_runtime_from_the_wheel(monkeypatch):
-    _no_runtime_sources(monkeypatch, dist_version="2025.3.2", dist_files=["../../../lib/libsycl.so.8", "x/LICENSE"])
+    # file names as the real wheel's installed RECORD lists them (intel-sycl-rt 2025.3.3 in a Linux venv: the
+    # libraries go to <venv>/lib, two levels above site-packages), the look-alikes included
+    record = ["../../__pycache__/libsycl.so.8.0.0-gdb.cpython-311.pyc", "../../libsycl-jit.so.21.1",
+              "../../libsycl-preview.so.8", "../../libsycl.so", "../../libsycl.so.8", "../../libsycl.so.8.0.0",
+              "../../libsycl.so.8.0.0-gdb.py", "intel_sycl_rt-2025.3.3.dist-info/RECORD"]
+    _no_runtime_sources(monkeypatch, dist_version="2025.3.3", dist_files=record)
     rt = xmx_mod.torch_sycl_runtime()
-    assert rt.major == 8 and "intel-sycl-rt 2025.3.2 installs libsycl.so.8" in rt.source
+    assert rt.major == 8 and "intel-sycl-rt 2025.3.3 installs libsycl.so.8" in rt.source
+    # the Windows wheel puts sycl9.dll in <venv>\Library\bin
+    _no_runtime_sources(monkeypatch, dist_version="2026.0.0", dist_files=["../../Library/bin/sycl9.dll"])
+    assert xmx_mod.torch_sycl_runtime().major == 9
     _no_runtime_sources(monkeypatch, dist_version="2026.0.0", dist_files=None)  # no RECORD: the release year
     assert xmx_mod.torch_sycl_runtime().major == 9
 

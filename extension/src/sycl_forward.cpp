@@ -2,8 +2,9 @@
 // unit compiled with -fsycl: binding.cpp (pybind11, Python.h) stays out of the device compilation pass and sees
 // only sycl_backend.hpp.
 //
-// NEVER COMPILED OR RUN in this project's CI or workplace (no oneAPI compiler, no Intel GPU); CI type-checks it
-// against the host model in host_model/. Written against oneAPI DPC++/C++ 2025.x/2026.x. The queue comes from
+// NEVER COMPILED BY A SYCL COMPILER OR RUN in this project's CI or workplace (no oneAPI compiler, no Intel GPU); CI
+// type-checks it against the host model in host_model/, and against Intel's own SYCL headers with clang's host
+// pass (extension/check_headers.py). Written against oneAPI DPC++/C++ 2025.x/2026.x. The queue comes from
 // torch: torch.xpu.current_stream().sycl_queue is the address of the stream's sycl::queue (torch/xpu/streams.py
 // and torch._C._XpuStreamBase.sycl_queue: "_int"), which is only meaningful if this module and torch share one
 // SYCL runtime (libsycl of the same major version). sycl_major() reports the one this file was compiled against;

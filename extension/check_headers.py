@@ -1,0 +1,187 @@
+"""Check the SYCL/ESIMD kernel source against Intel's own SYCL headers, with clang and no SYCL compiler.
+
+    python extension/check_headers.py                        the headers of oneAPI 2025.3.3 and 2026.0.0
+    python extension/check_headers.py --version 2026.2.0     another release's headers
+    python extension/check_headers.py --include DIR          headers you have (a oneAPI install's include/)
+
+What it checks: clang++ -fsyntax-only (the host pass of a SYCL compile) of src/header_check.cpp, which includes
+sycl_forward.cpp and uses every (dtype, head dim) instance of the kernel. Every ESIMD name, template
+argument and type the kernel uses is then checked against the real headers, with their static_asserts on 2-D
+block sizes and DPAS operands. A control compile adds one 2-D load that breaks a documented size limit and must
+fail; if it compiles, the headers' checks are not live and the check fails. What it cannot check: the device pass
+(SPIR-V, IGC, register spills), the build scripts, or the hardware.
+
+Where the headers come from: PyPI's intel-sycl-rt wheel of that release carries the SYCL include/ tree of its
+oneAPI release. `pip download --no-deps` fetches it once (about 170 MB) and only include/ is kept (about 15 MB) in
+ARCATTN_SYCL_HEADERS_DIR, else <arcattn's cache dir>/sycl-headers/<version>/. The two default releases are the
+ones the release binaries are built with (SYCL runtimes 8 and 9, docs/native.md).
+
+clang: clang++ on PATH, else the newest clang++-N. The headers of oneAPI 2026.2 need clang 17 or newer
+(they rely on static_assert(false) in a discarded branch, C++23's P2593). Exit codes: 0 every check passed, 1 a
+check failed, 2 clang or the headers are missing (the message says how to get them).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "extension" / "src"
+KERNEL = ROOT / "kernel"
+DEFAULT_VERSIONS = ("2025.3.3", "2026.0.0")
+WHEEL = "intel-sycl-rt"
+FLAGS = ("-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-DSYCL_DISABLE_FSYCL_SYCLHPP_WARNING")
+
+
+class Missing(Exception):
+    """A tool or the headers are not there (exit code 2)."""
+
+
+def headers_root(environ=None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get("ARCATTN_SYCL_HEADERS_DIR"):
+        return Path(environ["ARCATTN_SYCL_HEADERS_DIR"])
+    # arcattn/install_check.py imports without torch; loaded by path like install.py does
+    spec = importlib.util.spec_from_file_location("arcattn_install_check", ROOT / "arcattn" / "install_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return Path(mod.cache_dir(environ)) / "sycl-headers"
+
+
+def find_clang() -> str:
+    exe = shutil.which("clang++")
+    if exe:
+        return exe
+    found = []
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        for p in glob.glob(os.path.join(d, "clang++-[0-9]*")):
+            m = re.fullmatch(r"clang\+\+-(\d+)", os.path.basename(p))
+            if m and os.access(p, os.X_OK):
+                found.append((int(m.group(1)), p))
+    if not found:
+        raise Missing("clang++ not found: install clang (Debian/Ubuntu: apt install clang) and run this again")
+    return max(found)[1]
+
+
+def fetch_headers(version: str, root: Optional[Path] = None) -> Path:
+    """The include/ directory of intel-sycl-rt==version, fetched into the cache on first use."""
+    dest = (root or headers_root()) / version
+    include = dest / "include"
+    if (include / "sycl" / "ext" / "intel" / "esimd.hpp").is_file():
+        return include
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "-d", tmp, f"{WHEEL}=={version}"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = glob.glob(os.path.join(tmp, "*.whl"))
+        if r.returncode != 0 or not wheels:
+            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise Missing(f"could not download {WHEEL}=={version} ({last[0]}); pass --include DIR instead")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dest.parent))  # same file system: rename works
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                # members look like intel_sycl_rt-<v>.data/data/include/sycl/...
+                for name in z.namelist():
+                    _, sep, rel = name.partition("/data/include/")
+                    if sep and not name.endswith("/"):
+                        target = staging / "include" / rel
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(z.read(name))
+            if not (staging / "include" / "sycl" / "ext" / "intel" / "esimd.hpp").is_file():
+                raise Missing(f"{WHEEL}=={version} carries no SYCL ESIMD headers (the 2025.0 wheels lack some)")
+            shutil.rmtree(dest, ignore_errors=True)
+            staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return include
+
+
+def compile_commands(clang: str, include: Path, src: Path = SRC, kernel: Path = KERNEL,
+                     control: bool = True) -> dict:
+    """name -> (command, must_pass). `src` and `kernel`: the source folders (tests pass altered copies)."""
+    base = [clang, *FLAGS, "-isystem", str(include), "-I", str(src), "-I", str(kernel), str(src / "header_check.cpp")]
+    cmds = {"kernel instances and sycl_forward.cpp": (base, True)}
+    if control:
+        cmds["control (a 2-D load over its documented size)"] = (base + ["-DARCATTN_HEADER_CHECK_CONTROL=1"], False)
+    return cmds
+
+
+def sycl_version(include: Path) -> str:
+    text = (include / "sycl" / "version.hpp").read_text(errors="replace")
+    parts = [re.search(rf"#define __LIBSYCL_{k}_VERSION (\d+)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) if m else "?" for m in parts)
+
+
+def check(include: Path, clang: str, label: str, src: Path = SRC, kernel: Path = KERNEL,
+          control: bool = True) -> list:
+    """Failures (empty: all passed) for one include tree; prints one line per compile."""
+    failures = []
+    cmds = compile_commands(clang, include, src, kernel, control)
+    with ThreadPoolExecutor(max_workers=len(cmds)) as pool:
+        runs = dict(zip(cmds, pool.map(lambda c: subprocess.run(c[0], capture_output=True, text=True),
+                                       cmds.values())))
+    for name, (cmd, must_pass) in cmds.items():
+        r = runs[name]
+        diagnostics = [ln for ln in r.stderr.splitlines() if re.search(r"\b(error|warning):", ln)]
+        passed = r.returncode == 0 and not diagnostics
+        if must_pass and not passed:
+            failures.append(f"{label}: {name}: " + ("; ".join(diagnostics[:3]) or f"exit {r.returncode}"))
+            print(f"{label}: {name}: FAILED\n{r.stderr.strip()}")
+        elif not must_pass and (r.returncode == 0 or "static assertion failed" not in r.stderr):
+            failures.append(f"{label}: {name}: not rejected by the headers' static_asserts, so their checks are "
+                            "not live in this pass")
+            print(f"{label}: {name}: FAILED (not rejected by a static_assert)\n{r.stderr.strip()[-2000:]}")
+        else:
+            why = "rejected as it must be" if not must_pass else "clean (no error, no warning)"
+            print(f"{label}: {name}: {why}")
+    return failures
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="extension/check_headers.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="append", dest="versions", metavar="V",
+                    help=f"an intel-sycl-rt release whose headers to check against (repeatable; default "
+                         f"{' and '.join(DEFAULT_VERSIONS)})")
+    ap.add_argument("--include", action="append", default=[], metavar="DIR",
+                    help="a SYCL include directory (holding sycl/sycl.hpp) instead of a fetched one (repeatable)")
+    ap.add_argument("--clang", default=None, help="the clang++ to use (default: clang++, else the newest clang++-N)")
+    args = ap.parse_args(argv)
+    try:
+        clang = args.clang or find_clang()
+        targets = [(Path(d), None) for d in args.include]
+        if not args.include or args.versions:
+            targets += [(None, v) for v in (args.versions or DEFAULT_VERSIONS)]
+        version_line = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout.splitlines()
+        print(f"compiler: {clang} ({version_line[0] if version_line else 'version unknown'})")
+        failures = []
+        for include, version in targets:
+            include = include if include is not None else fetch_headers(version)
+            if not (include / "sycl" / "sycl.hpp").is_file():
+                raise Missing(f"{include} holds no sycl/sycl.hpp")
+            label = f"SYCL {sycl_version(include)}" + (f" (intel-sycl-rt {version})" if version else f" ({include})")
+            failures += check(include, clang, label)
+    except Missing as e:
+        print(f"check_headers: {e}", file=sys.stderr)
+        return 2
+    if failures:
+        print(f"check_headers: {len(failures)} check(s) failed", file=sys.stderr)
+        return 1
+    print("check_headers: the kernel source compiles against every header set given (host pass only; the device "
+          "pass, IGC and the hardware are not checked)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
