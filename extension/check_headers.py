@@ -112,7 +112,8 @@ def compile_commands(clang: str, include: Path, src: Path = SRC, kernel: Path = 
                      control: bool = True) -> dict:
     """name -> (command, must_pass). `src` and `kernel`: the source folders (tests pass altered copies)."""
     base = [clang, *FLAGS, "-isystem", str(include), "-I", str(src), "-I", str(kernel), str(src / "header_check.cpp")]
-    cmds = {"kernel instances and sycl_forward.cpp": (base, True)}
+    # with the Lunar Lake target on, so that the architecture check's optional branch is compiled too
+    cmds = {"kernel instances and sycl_forward.cpp": (base + ["-DARCATTN_XMX_TARGET_LNL_M=1"], True)}
     if control:
         cmds["control (a 2-D load over its documented size)"] = (base + ["-DARCATTN_HEADER_CHECK_CONTROL=1"], False)
     return cmds

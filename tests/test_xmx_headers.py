@@ -39,6 +39,19 @@ def test_kernel_compiles_against_intel_headers(include, clang):
     assert check_headers.check(inc, clang, version) == []
 
 
+def test_build_reads_the_sycl_major_from_intel_headers(include, tmp_path):
+    """extension/build.py names the binary after __LIBSYCL_MAJOR_VERSION, read from the sycl/version.hpp beside the
+    compiler: on the real headers that is 8 for oneAPI 2025.3 and 9 for 2026.0, as docs/native.md says."""
+    version, inc = include
+    spec = importlib.util.spec_from_file_location("arcattn_build", ROOT / "extension" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "icpx").write_text("")  # a oneAPI layout: <root>/bin/icpx beside <root>/include
+    (tmp_path / "include").symlink_to(inc, target_is_directory=True)
+    assert build.sycl_major_of(str(tmp_path / "bin" / "icpx")) == {"2025.3.3": 8, "2026.0.0": 9}[version]
+
+
 def test_a_kernel_that_breaks_the_api_fails_the_check(tmp_path, clang, capsys):
     """The kernel bodies really are instantiated: two API misuses put into a copy of the kernel are both caught."""
     try:
