@@ -155,6 +155,7 @@ ESIMD_INLINE void attention_rows(const KernelParams& p, int b, int h, int row0) 
         esimd::properties hints{esimd::cache_hint_L1<esimd::cache_hint::cached>,
                                 esimd::cache_hint_L2<esimd::cache_hint::cached>};
         // UNSURE: cache-hint properties were documented for DG2/PVC; Xe2 has the same LSC cache controls.
+        // Intel's headers (2025.3, 2026.0) accept this pair for a prefetch (check_cache_hints; check_headers.py).
         esimd::prefetch_2d<u16, kTile, kKeyBlock>(reinterpret_cast<const u16*>(ks.base), ks.width - 1,
                                                   ks.height - 1, ks.pitch - 1, ks.x0 + kTile * j,
                                                   ks.y0 + kb + kKeyBlock, hints);

@@ -7,8 +7,9 @@
 // allocation) or the hardware. It includes sycl_forward.cpp (the device checks and the launch), so one parse of
 // the headers covers both.
 //
-// The host pass need not instantiate a kernel lambda's body, so every instance of attention_rows is used here
-// directly, one per (dtype, head dim) that kernel_instances.hpp dispatches to.
+// The host pass reaches the kernel bodies through sycl_forward.cpp's launches (clang 16/19 with the 2025.3 and
+// 2026.0 headers do), but it need not, so every instance of attention_rows is also used here directly, one per
+// (dtype, head dim) that kernel_instances.hpp dispatches to.
 //
 // ARCATTN_HEADER_CHECK_CONTROL=1 adds a 2-D block load that breaks a documented restriction (a transposed load
 // 16 dwords wide; the limit is 8). The script compiles that too and expects it to fail: it shows the headers'
