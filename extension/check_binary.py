@@ -117,8 +117,8 @@ def check_deps(path: Path, major: int) -> list:
 
 def check_import(path: Path, major: int) -> list:
     spec = importlib.util.spec_from_file_location("_xmx", str(path))
-    mod = importlib.util.module_from_spec(spec)
     try:
+        mod = importlib.util.module_from_spec(spec)  # an extension module is loaded (dlopen) here already
         spec.loader.exec_module(mod)
         abi, info = mod.abi_version(), dict(mod.device_info())
     except Exception as e:  # noqa: BLE001 - the message is the result

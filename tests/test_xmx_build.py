@@ -370,3 +370,12 @@ def test_checker_on_the_cpu_reference(checker, cpu_binary, capsys):
                      "FAIL: built against SYCL runtime None (None), expected 8"]
     assert checker.main([str(cpu_binary.parent), "--sycl-major", "8", "--import"]) == 1  # dir: _xmx.sycl8<sfx> absent
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_checker_reports_a_binary_that_cannot_load(checker, tmp_path, capsys):
+    """A module whose shared-library load fails (here: not an ELF file) is a FAIL line, not a traceback."""
+    bad = tmp_path / f"_xmx.sycl8{xmx_mod._suffixes()[0]}"
+    bad.write_text("not a shared object")
+    assert checker.main([str(tmp_path), "--sycl-major", "8", "--import"]) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and "does not import here: ImportError" in fails[0]
