@@ -141,6 +141,25 @@ def test_corrupt_binary(tmp_path, rng, caplog, monkeypatch, xpu_present):
     _served_by_fallback(b, rng)
 
 
+def test_binary_for_a_newer_runtime_gets_a_hint(tmp_path, monkeypatch):
+    """The loader's words when torch's libsycl of the right major is older than the binary's oneAPI (the import
+    fails on a missing SYCL symbol, as measured with the real 2025.2.2 runtime, tests/test_xmx_runtime.py)."""
+    suffix = xmx_mod._suffixes()[0]
+    (tmp_path / f"_xmx.sycl8{suffix}").write_bytes(b"\x7fELF")
+    monkeypatch.setattr(xmx_mod, "_has_xpu", lambda: True)
+    monkeypatch.setattr(xmx_mod, "torch_sycl_runtime", lambda: xmx_mod.SyclRuntime(8, "libsycl.so.8 is loaded"))
+
+    def load(path, error=ImportError(f"{tmp_path}/_xmx.sycl8{suffix}: undefined symbol: "
+                                     "_ZNK4sycl3_V15queue22submit_with_event_implERKNS0_6detail19type_erased")):
+        raise error
+    monkeypatch.setattr(xmx_mod, "load_module", load)
+    why = XMXBackend(tmp_path).unavailable_reason()
+    assert "failed to load: ImportError" in why and "torch uses SYCL runtime 8" in why
+    assert why.endswith(xmx_mod.OLDER_RUNTIME_HINT)
+    monkeypatch.setattr(xmx_mod, "load_module", lambda path: load(path, ImportError("libsycl.so.8: cannot open")))
+    assert xmx_mod.OLDER_RUNTIME_HINT not in XMXBackend(tmp_path).unavailable_reason()  # other failures: no hint
+
+
 def test_wrong_abi(tmp_path, rng):
     b = XMXBackend(_fake_module(tmp_path, abi=999), allow_cpu_reference=True)
     why = b.unavailable_reason()

@@ -102,3 +102,17 @@ def test_loader_refuses_a_binary_for_the_other_runtime_before_loading_it(built, 
     r = _run(["-c", LOADER, str(lib8 / "libsycl.so.8"), str(tmp_path)], lib8)
     assert r.returncode == 0, r.stderr
     assert "RUNTIME 8" in r.stdout and "other SYCL runtimes than torch's" in r.stdout
+
+
+def test_loader_explains_a_runtime_older_than_the_binary(built):
+    """torch 2.7-2.9's XPU builds pin oneAPI 2025.0-2025.2: their libsycl.so.8 lacks calls that a binary built with
+    2025.3 makes, so the import fails on an undefined symbol and the loader says why."""
+    path, _ = built[8]
+    try:
+        old = host_only.runtime_venv("2025.2.2") / "lib"
+    except host_only.Missing as e:
+        pytest.skip(f"no 2025.2.2 runtime: {e}")
+    r = _run(["-c", LOADER, str(old / "libsycl.so.8"), str(path.parent)], old)
+    assert r.returncode == 0, r.stderr
+    assert "RUNTIME 8" in r.stdout and "failed to load: ImportError" in r.stdout and "undefined symbol" in r.stdout
+    assert "built with a newer oneAPI than torch's SYCL runtime" in r.stdout

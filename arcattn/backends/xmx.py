@@ -77,6 +77,11 @@ SELFTEST_ROW_SHIFTED = ("bhsd", 40)
 # oneAPI release year -> SYCL runtime major (libsycl.so.N / syclN.dll): 2024.x ships 7, 2025.x 8, 2026.x 9. Only
 # used when nothing better is known (the intel-sycl-rt wheel's version, when its file list names no library).
 SYCL_MAJOR_BY_ONEAPI_YEAR = {2024: 7, 2025: 8, 2026: 9}
+# A binary's SYCL calls missing from torch's libsycl of the same major: torch's runtime is older than the oneAPI the
+# binary was built with (measured: host code built with 2025.3 needs 5 symbols that 2025.0-2025.2 lack).
+OLDER_RUNTIME_HINT = ("the binary was built with a newer oneAPI than torch's SYCL runtime (the prebuilt SYCL 8 "
+                      "binaries need oneAPI 2025.3's, as in torch 2.10-2.12 XPU builds): update torch, or build the "
+                      "binary with torch's oneAPI release (python install.py --build-native, docs/native.md)")
 SYCL_RUNTIME_DIST = "intel-sycl-rt"  # the wheel torch's XPU builds depend on for libsycl
 _SYCL_LIB_NAMES = (re.compile(r"^libsycl\.so\.(\d+)(?:\.\d+)*$"), re.compile(r"^sycl(\d+)\.dll$", re.IGNORECASE))
 _TAGGED_BINARY = re.compile(r"^" + re.escape(MODULE_NAME) + r"\.sycl(\d+)\.")
@@ -345,6 +350,8 @@ class XMXBackend(Backend):
             why = f"native binary {path} failed to load: {type(e).__name__}: {e}"
             if runtime.major is not None and "sycl" in str(e).lower():
                 why += f" (torch uses SYCL runtime {runtime.major}: {runtime.source})"
+            if "undefined symbol" in str(e) and "sycl" in str(e).lower():
+                why += f"; {OLDER_RUNTIME_HINT}"
             # without an XPU a SYCL binary cannot load (no SYCL runtime) and does not matter: no warning then
             return self._failed(why) if _has_xpu() else why
         try:
