@@ -5,8 +5,8 @@ SD1.5 at 512 px (64x64 latents) and SDXL at 1024 px (128x128 latents), batch 1 a
 stock (diffusers' AttnProcessor2_0), "none" (the same step with the attention product removed), arcattn auto
 (measured policy), arcattn priority, and each backend forced; interleaved round by round. Attention time per
 step = step(variant) - step(none): eager (what a host sees, launch costs included) and, on CUDA, from CUDA-graph
-replays (device time alone). With ARCATTN_COMFYUI_ROOT set, ComfyUI's own UNetModel (SD1.5 layout) too, host
-attention vs arcattn patched in.
+replays (device time alone). With ARCATTN_COMFYUI_ROOT set, ComfyUI's own UNetModel (SD1.5 layout) too, the
+same way: ComfyUI's attention function, none, and arcattn patched in.
 
     python bench/unet.py [--models sd15,sdxl] [--batch 1,2] [--json out.json]
 """
@@ -38,6 +38,9 @@ SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, 
             use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0)
 MODELS = {"sd15": (SD15, 64, 768), "sdxl": (SDXL, 128, 2048)}
+# SD1.5 at 512 px: attention calls per UNet step by query length (self + cross: five blocks at each of the three
+# upper levels, one in the middle)
+SD15_ATTENTION_CALLS = {4096: 10, 1024: 10, 256: 10, 64: 2}
 
 
 def median_ms(fn, device, warmup=3, reps=10):
@@ -127,6 +130,42 @@ def bench_diffusers(name, batches, device, dtype, variants, rows, rounds, graph_
         torch.cuda.empty_cache()
 
 
+def time_variants(step, variants, activate, device, rounds, graph_rounds):
+    """Eager steps (two per sample) and, on CUDA, CUDA-graph replays of `step` under each variant, interleaved
+    round by round with the order rotated: attention time is a difference of two steps ~10 % apart, so drift
+    between variants must hit all alike. activate(v) puts variant v in place. Returns (eager ms lists per variant,
+    median graph ms per variant, graph errors per variant)."""
+    eager = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in rotated(variants, r):
+            activate(v)
+            synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            step()
+            synchronize(device)
+            eager[v].append((time.perf_counter() - t0) * 1e3 / 2)
+    graphs, errors = {}, {}
+    if device.type == "cuda":
+        captured = {}
+        for v in variants:  # every variant's graph first, then the replays in rounds
+            activate(v)
+            try:
+                g = capture_graph(step, device, warmup=2)
+                for _ in range(3):
+                    g.replay()
+                captured[v] = g
+            except Exception as e:  # noqa: BLE001
+                errors[v] = f"{type(e).__name__}: {e}"[:200]
+        samples = {v: [] for v in captured}
+        for r in range(graph_rounds):
+            for v in rotated(list(captured), r):
+                samples[v] += replay_ms(captured[v], 10)
+        graphs = {v: statistics.median(t) for v, t in samples.items()}
+        captured = g = None  # the graphs and their memory pools go
+    return eager, graphs, errors
+
+
 def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, graph_rounds=8):
     x, t, ctx, kw = inputs(name, B, device, dtype)
     switch = Switch()
@@ -145,37 +184,28 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
             router = getattr(procs[v], "router", None)
             res[v]["attention_calls_per_step"] = sum(d["calls"] for d in router.decisions()) if router else None
             step()
-        eager = {v: [] for v in variants}
-        for r in range(rounds):
-            for v in rotated(variants, r):
-                switch.current = procs[v]
-                synchronize(device)
-                t0 = time.perf_counter()
-                step()
-                step()
-                synchronize(device)
-                eager[v].append((time.perf_counter() - t0) * 1e3 / 2)
-        graphs = {}
-        if device.type == "cuda":
-            # every variant's graph first, then replays in interleaved rounds, like the eager steps: attention
-            # time is a difference of two steps ~10 % apart, so drift between variants must hit all alike
-            captured = {}
-            for v in variants:
-                switch.current = procs[v]
-                try:
-                    g = capture_graph(step, device, warmup=2)
-                    for _ in range(3):
-                        g.replay()
-                    captured[v] = g
-                except Exception as e:  # noqa: BLE001
-                    res[v]["graph_error"] = f"{type(e).__name__}: {e}"[:200]
-            samples = {v: [] for v in captured}
-            for r in range(graph_rounds):
-                for v in rotated(list(captured), r):
-                    samples[v] += replay_ms(captured[v], 10)
-            graphs = {v: statistics.median(t) for v, t in samples.items()}
-            captured = g = None  # the graphs and their memory pools go
-    ref = outs.get("stock")
+        eager, graphs, errors = time_variants(step, variants, lambda v: setattr(switch, "current", procs[v]),
+                                              device, rounds, graph_rounds)
+    for v, e in errors.items():
+        res[v]["graph_error"] = e
+    served = {v: served_by(getattr(procs[v], "router", None)) for v in variants}
+    report(name, B, variants, res, eager, graphs, outs, "stock", served, rows)
+
+
+def served_by(router):
+    """backend -> calls served, from a router's decisions (None without a router)."""
+    if router is None:
+        return None
+    served = {}
+    for d in router.decisions():
+        served[d["backend"]] = served.get(d["backend"], 0) + d["calls"]
+    return served
+
+
+def report(name, B, variants, res, eager, graphs, outs, ref_name, served, rows):
+    """Fill and print one row per variant: eager and graph step times, attention = step - step("none"), error
+    against the `ref_name` variant's output."""
+    ref = outs.get(ref_name)
     for v in variants:
         r = res[v]
         r["step_ms"] = round(statistics.median(eager[v]), 3)
@@ -187,12 +217,8 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
                 r["attention_graph_ms"] = round(graphs[v] - graphs["none"], 3)
         if ref is not None and v != "none":
             r["rel_err_vs_stock"] = float((outs[v] - ref).norm() / ref.norm())
-        router = getattr(procs[v], "router", None)
-        if router is not None:
-            served = {}
-            for d in router.decisions():
-                served[d["backend"]] = served.get(d["backend"], 0) + d["calls"]
-            r["served"] = served
+        if served.get(v) is not None:
+            r["served"] = served[v]
         rows.append(r)
         g = "" if r["graph_step_ms"] is None else f" graph {r['graph_step_ms']:7.2f} ms"
         a = "" if "attention_ms" not in r else f"  attention {r['attention_ms']:6.2f} ms"
@@ -202,8 +228,11 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
               f"{r['step_spread_ms'][1]:.2f}]{g}{a}{ag}{e}  {r.get('served', '')}", flush=True)
 
 
-def bench_comfyui(root, B, device, dtype, rows, channels=320):
-    """ComfyUI's own UNetModel (SD1.5 layout, random weights): host attention vs arcattn patched in."""
+def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_rounds=8):
+    """ComfyUI's own UNetModel (SD1.5 layout, random weights), the diffusers method: variants "host" (ComfyUI's
+    own attention function), "none" (the attention product removed: the query comes back) and "arcattn"
+    (arcattn's global patch, as the node package applies it at start-up), interleaved round by round, eager and
+    CUDA-graph steps."""
     sys.argv = [sys.argv[0]] + ([] if device.type != "cpu" else ["--cpu"])
     sys.path.insert(0, root)
     import comfy.options
@@ -215,12 +244,15 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320):
 
     from arcattn.hosts import comfyui
 
+    comfyui.settle_sdpa_order()  # as the node package's import does, before ComfyUI's first attention call
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNetModel(image_size=64, in_channels=4, model_channels=channels, out_channels=4, num_res_blocks=2,
                          channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
                          transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-                         transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], context_dim=768,
+                         # ComfyUI's SD15 config (comfy/model_detection.py). UNetModel pops this list from its end,
+                         # deepest level first: the three zeros are the 8x8 level's output blocks
+                         transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
                          dtype=dtype, device=device, operations=comfy.ops.manual_cast)
         for p in unet.parameters():
             torch.nn.init.normal_(p, 0.0, 0.02)
@@ -230,29 +262,60 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320):
     ctx = torch.randn(B, 77, 768, generator=g).to(device, dtype)
     t = torch.tensor([500.0] * B, device=device)
     step = lambda: unet(x, timesteps=t, context=ctx)  # noqa: E731
-    host = attention.optimized_attention.__name__
-    ref = None
-    for variant in ("host", "arcattn"):
-        if variant == "arcattn":
-            arcattn.set_router(None)
-            comfyui.patch()
-        with torch.no_grad():
-            out = step()
-            ms, lo, hi = median_ms(step, device)
-        if ref is None:
-            ref = out.float()
-        err = float((out.float() - ref).norm() / ref.norm())
-        served = {}
-        if variant == "arcattn":
-            for d in arcattn.get_router().decisions():
-                served[d["backend"]] = served.get(d["backend"], 0) + d["calls"]
-            comfyui.unpatch()
-        rows.append({"model": "comfyui-sd15", "batch": B, "variant": variant if variant == "arcattn" else f"host:{host}",
-                     "step_ms": round(ms, 3), "step_min_ms": round(lo, 3), "step_max_ms": round(hi, 3),
-                     "rel_err_vs_stock": err, "served": served})
-        print(f"  comfyui-sd15 B={B} {variant:<8} ({host if variant == 'host' else 'patched'}) step {ms:8.2f} ms "
-              f"(min {lo:.2f}, max {hi:.2f}) err {err:.1e} served {served}", flush=True)
+    originals = (attention.optimized_attention, attention.optimized_attention_masked)
+    host = getattr(originals[0], "__name__", "host")
 
+    def no_attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
+                     **kwargs):
+        if skip_reshape:  # (B, H, N, D) in
+            return q if skip_output_reshape else q.transpose(1, 2).flatten(2)
+        return q if not skip_output_reshape else q.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    def activate(v):
+        if comfyui.is_patched():
+            comfyui.unpatch()
+        attention.optimized_attention, attention.optimized_attention_masked = originals
+        if v == "arcattn":
+            comfyui.patch()
+        elif v == "none":
+            attention.optimized_attention = attention.optimized_attention_masked = no_attention
+
+    # the SD1.5 layout's attention calls per step, by query length (visits 17-66 measured a wrong layout: 2 calls
+    # at 4096 queries instead of 5, 8 at 64 instead of 2); checked on the first step
+    calls = {}
+
+    def counting(q, k, v, heads, *args, **kwargs):
+        n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
+        calls[n] = calls.get(n, 0) + 1
+        return originals[0](q, k, v, heads, *args, **kwargs)
+
+    attention.optimized_attention = attention.optimized_attention_masked = counting
+    try:
+        with torch.no_grad():
+            step()
+    finally:
+        attention.optimized_attention, attention.optimized_attention_masked = originals
+    if calls != SD15_ATTENTION_CALLS:
+        raise RuntimeError(f"ComfyUI UNetModel is not in the SD1.5 layout: attention calls by query length {calls}, "
+                           f"expected {SD15_ATTENTION_CALLS}")
+    variants = ["host", "none", "arcattn"]
+    res = {v: {"model": "comfyui-sd15", "batch": B, "variant": v if v != "host" else f"host:{host}"}
+           for v in variants}
+    arcattn.set_router(None)  # a fresh router: its decisions are this batch size's
+    outs = {}
+    try:
+        with torch.no_grad():
+            for v in variants:  # first steps: measuring and compiling, outputs for the error check
+                activate(v)
+                outs[v] = step().float()
+                step()
+            eager, graphs, errors = time_variants(step, variants, activate, device, rounds, graph_rounds)
+    finally:
+        activate("host")
+    for v, e in errors.items():
+        res[v]["graph_error"] = e
+    served = {"arcattn": served_by(arcattn.get_router())}
+    report("comfyui-sd15", B, variants, res, eager, graphs, outs, "host", served, rows)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,7 +340,7 @@ def main(argv=None) -> int:
     root = os.environ.get("ARCATTN_COMFYUI_ROOT")
     if root:
         for B in (int(b) for b in args.batch.split(",")):
-            bench_comfyui(root, B, device, dtype, rows, args.comfyui_channels)
+            bench_comfyui(root, B, device, dtype, rows, args.comfyui_channels, args.rounds, args.graph_rounds)
     else:
         print("ARCATTN_COMFYUI_ROOT not set: ComfyUI UNetModel not measured")
     if args.json:
