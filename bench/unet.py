@@ -280,8 +280,8 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_r
         elif v == "none":
             attention.optimized_attention = attention.optimized_attention_masked = no_attention
 
-    # the SD1.5 layout's attention calls per step, by query length (visits 17-66 measured a wrong layout: 2 calls
-    # at 4096 queries instead of 5, 8 at 64 instead of 2); checked on the first step
+    # the SD1.5 layout's attention calls per step, by query length (visits 17-66 measured a wrong layout: 4 calls
+    # at 4096 queries instead of 10, 8 at 64 instead of 2); checked on the first step
     calls = {}
 
     def counting(q, k, v, heads, *args, **kwargs):

@@ -48,15 +48,20 @@ class Missing(Exception):
     """A tool or the headers are not there (exit code 2)."""
 
 
-def headers_root(environ=None) -> Path:
-    environ = os.environ if environ is None else environ
-    if environ.get("ARCATTN_SYCL_HEADERS_DIR"):
-        return Path(environ["ARCATTN_SYCL_HEADERS_DIR"])
+def cache_root(environ=None) -> Path:
+    """arcattn's cache folder (ARCATTN_CACHE_DIR, else the user's cache dir)."""
     # arcattn/install_check.py imports without torch; loaded by path like install.py does
     spec = importlib.util.spec_from_file_location("arcattn_install_check", ROOT / "arcattn" / "install_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return Path(mod.cache_dir(environ)) / "sycl-headers"
+    return Path(mod.cache_dir(environ))
+
+
+def headers_root(environ=None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get("ARCATTN_SYCL_HEADERS_DIR"):
+        return Path(environ["ARCATTN_SYCL_HEADERS_DIR"])
+    return cache_root(environ) / "sycl-headers"
 
 
 def find_clang() -> str:

@@ -28,19 +28,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "extension" / "src"
 KERNEL = ROOT / "kernel"
 
-_spec = importlib.util.spec_from_file_location("arcattn_check_headers", ROOT / "extension" / "check_headers.py")
-check_headers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_headers)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+check_headers = _load("arcattn_check_headers", ROOT / "extension" / "check_headers.py")
+build_py = _load("arcattn_extension_build", ROOT / "extension" / "build.py")  # its suffix and pybind11 lookup
 Missing = check_headers.Missing
 
 
 def runtime_venv(version: str, root: Optional[Path] = None) -> Path:
     """A venv holding intel-sycl-rt==version and what it pins (libsycl.so.N and its Intel dependencies in lib/)."""
-    where = (root or check_headers.headers_root().parent / "sycl-runtime") / version
+    where = (root or check_headers.cache_root() / "sycl-runtime") / version
     done = where / ".complete"
     if done.is_file():
         return where
-    venv.create(where, with_pip=True, clear=True)
+    try:
+        venv.create(where, with_pip=True, clear=True)
+    except (OSError, subprocess.CalledProcessError) as e:  # e.g. a Python without ensurepip
+        raise Missing(f"could not create a venv at {where} ({type(e).__name__}: {e})") from e
     r = subprocess.run([str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         f"{check_headers.WHEEL}=={version}"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -59,21 +70,23 @@ def sycl_library(runtime: Path) -> Path:
 
 def build(version: str, out_dir: Path, clang: Optional[str] = None) -> Path:
     """OUT_DIR/_xmx.sycl<N><suffix> for `version`; returns its path."""
-    import pybind11
-
+    try:
+        pybind11_include = build_py._pybind11_include()
+    except build_py.ToolMissing as e:
+        raise Missing(str(e)) from e
     clang = clang or check_headers.find_clang()
     include = check_headers.fetch_headers(version)
     runtime = runtime_venv(version)
     lib = sycl_library(runtime)
     major = int(lib.name.rsplit(".", 1)[1])
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"_xmx.sycl{major}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    out = build_py.sycl_output(major, out_dir)
     obj = out_dir / f"sycl_forward.sycl{major}.o"
     common = ["-std=c++17", "-fPIC", "-O1", "-DSYCL_DISABLE_FSYCL_SYCLHPP_WARNING", f"-DARCATTN_SYCL_MAJOR={major}",
               "-I", str(SRC), "-I", str(KERNEL)]
     steps = [
         [clang, *common, "-isystem", str(include), "-c", str(SRC / "sycl_forward.cpp"), "-o", str(obj)],
-        [clang, *common, "-shared", "-fvisibility=hidden", "-I", pybind11.get_include(),
+        [clang, *common, "-shared", "-fvisibility=hidden", "-I", pybind11_include,
          "-I", sysconfig.get_paths()["include"], str(SRC / "binding.cpp"), str(obj), str(lib), "-o", str(out)],
     ]
     for cmd in steps:

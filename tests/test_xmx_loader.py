@@ -158,6 +158,9 @@ def test_binary_for_a_newer_runtime_gets_a_hint(tmp_path, monkeypatch):
     assert why.endswith(xmx_mod.OLDER_RUNTIME_HINT)
     monkeypatch.setattr(xmx_mod, "load_module", lambda path: load(path, ImportError("libsycl.so.8: cannot open")))
     assert xmx_mod.OLDER_RUNTIME_HINT not in XMXBackend(tmp_path).unavailable_reason()  # other failures: no hint
+    python_symbol = ImportError(f"{tmp_path}/_xmx.sycl8{suffix}: undefined symbol: PyUnicode_AsUTF8AndSize")
+    monkeypatch.setattr(xmx_mod, "load_module", lambda path: load(path, python_symbol))
+    assert xmx_mod.OLDER_RUNTIME_HINT not in XMXBackend(tmp_path).unavailable_reason()  # not a SYCL symbol
 
 
 def test_wrong_abi(tmp_path, rng):

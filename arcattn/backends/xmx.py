@@ -350,7 +350,8 @@ class XMXBackend(Backend):
             why = f"native binary {path} failed to load: {type(e).__name__}: {e}"
             if runtime.major is not None and "sycl" in str(e).lower():
                 why += f" (torch uses SYCL runtime {runtime.major}: {runtime.source})"
-            if "undefined symbol" in str(e) and "sycl" in str(e).lower():
+            missing = re.search(r"undefined symbol: (\S+)", str(e))
+            if missing and "sycl" in missing.group(1).lower():  # the symbol, not the path (_xmx.sycl8...)
                 why += f"; {OLDER_RUNTIME_HINT}"
             # without an XPU a SYCL binary cannot load (no SYCL runtime) and does not matter: no warning then
             return self._failed(why) if _has_xpu() else why
