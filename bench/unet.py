@@ -193,13 +193,10 @@ def bench_diffusers_batch(unet, name, B, device, dtype, variants, rows, rounds, 
 
 
 def served_by(router):
-    """backend -> calls served, from a router's decisions (None without a router)."""
+    """backend -> calls served (the fallback's share included), from the router's telemetry; None without one."""
     if router is None:
         return None
-    served = {}
-    for d in router.decisions():
-        served[d["backend"]] = served.get(d["backend"], 0) + d["calls"]
-    return served
+    return {name: t["served"] for name, t in router.telemetry().items() if t["served"]}
 
 
 def report(name, B, variants, res, eager, graphs, outs, ref_name, served, rows):

@@ -1,6 +1,6 @@
 """The SYCL/ESIMD kernel source against Intel's real SYCL headers (extension/check_headers.py).
 
-Needs clang++ and the include/ trees of the intel-sycl-rt wheels (fetched once into the cache, about 170 MB each
+Needs clang++ and the include/ trees of the intel-sycl-rt wheels (fetched once into the cache, 110-160 MB each
 to download); without either the tests skip and say why. Host pass only: no SYCL compiler is involved.
 """
 from __future__ import annotations
@@ -76,3 +76,72 @@ def test_a_kernel_that_breaks_the_api_fails_the_check(tmp_path, clang, capsys):
     assert len(failures) == 1 and "kernel instances" in failures[0]
     out = capsys.readouterr().out
     assert "Repeat count must be within 1 to 8" in out and "Unsupported block height" in out
+
+
+# -- the script's own failure paths (no clang, no download) -------------------------------------------------------
+def _tree(path: Path, mark: str) -> Path:
+    esimd = path / "include" / "sycl" / "ext" / "intel"
+    esimd.mkdir(parents=True)
+    (esimd / "esimd.hpp").write_text(mark)
+    return path
+
+
+def test_a_damaged_wheel_is_reported_not_raised(tmp_path, monkeypatch):
+    def fake_pip(cmd, **kw):
+        Path(cmd[cmd.index("-d") + 1], "intel_sycl_rt-1.0-py3-none-any.whl").write_bytes(b"not a zip file")
+        return check_headers.subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(check_headers.subprocess, "run", fake_pip)
+    with pytest.raises(check_headers.Missing, match="cannot be read"):
+        check_headers.fetch_headers("1.0", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no staging tree left behind
+
+
+def test_headers_another_process_put_in_place_are_kept(tmp_path):
+    """Two fetches of one release racing (a test run beside a check run): the tree already there is whole and in
+    use, so the second one's copy is dropped instead of the first one's being deleted under its reader."""
+    dest = _tree(tmp_path / "1.0", "first")
+    check_headers._put_in_place(_tree(tmp_path / "staging", "second"), dest)
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "first"
+
+
+def test_an_interrupted_fetch_is_replaced(tmp_path):
+    dest = tmp_path / "1.0"
+    (dest / "include" / "sycl").mkdir(parents=True)  # what a fetch killed half way leaves
+    check_headers._put_in_place(_tree(tmp_path / "staging", "new"), dest)
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.0"]  # nothing left aside
+
+
+def test_racing_fetches_leave_one_whole_tree(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    dest = tmp_path / "1.0"
+    stagings = [_tree(tmp_path / f"staging{i}", str(i)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: check_headers._put_in_place(s, dest), stagings))
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() in {str(i) for i in range(8)}
+
+
+def test_a_clang_that_does_not_exist_is_exit_2(tmp_path, capsys):
+    assert check_headers.main(["--clang", str(tmp_path / "clang++-99"), "--include", str(tmp_path)]) == 2
+    assert "no such program" in capsys.readouterr().err
+
+
+def test_the_control_counts_only_a_static_assert_from_its_own_load():
+    """The control compile proves the headers' checks are live only if the static_assert that rejects it was
+    instantiated from the control's own 2-D load (header_check.cpp, the line marked ARCATTN_CONTROL_LOAD)."""
+    line = check_headers.control_line()
+    src = check_headers.SRC / "header_check.cpp"
+    assert "load_2d<uint32_t, 16, 16, 1, true" in src.read_text().splitlines()[line - 1]
+    failed = ("include/sycl/ext/intel/esimd/memory.hpp:3980:19: error: static assertion failed due to requirement "
+              "'16 <= 8 * (1)': Unsupported block width")
+    note = "extension/src/header_check.cpp:{}:7: note: in instantiation of function template specialization 'load_2d'"
+    rejected = check_headers.rejected_by_the_control
+    assert rejected(1, "\n".join([failed, note.format(line), "1 error generated."]))
+    # the same assert reached from anywhere else (the kernel itself) says nothing about the control
+    assert not rejected(1, "\n".join([failed, note.format(line + 40), "1 error generated."]))
+    # another kind of error at the control's line, or no error at all
+    assert not rejected(1, "\n".join(["header_check.cpp:{}:7: error: no member named 'load_2d'".format(line)]))
+    assert not rejected(0, "")
+    # the control's note belongs to the first error here, which is not a static_assert
+    other = "x.hpp:1:1: error: unknown type name 'foo'"
+    assert not rejected(1, "\n".join([other, note.format(line), failed, note.format(line + 40)]))

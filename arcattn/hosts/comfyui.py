@@ -113,6 +113,15 @@ def unregister(module=None) -> None:
         getattr(_attention_module(module), "REGISTERED_ATTENTION_FUNCTIONS", {}).pop(REGISTRY_NAME, None)
 
 
+def _host_device() -> Optional[torch.device]:
+    """ComfyUI's own torch device (cpu under --cpu), or None outside a running ComfyUI."""
+    mm = sys.modules.get("comfy.model_management")
+    try:
+        return torch.device(mm.get_torch_device()) if mm is not None else None
+    except Exception:  # noqa: BLE001 - only a hint
+        return None
+
+
 def settle_sdpa_order() -> None:
     """Have torch choose its SDPA backend order now, before ComfyUI's first attention call can capture it.
 
@@ -121,12 +130,18 @@ def settle_sdpa_order() -> None:
     order it found; on the very first call that is the order torch has not chosen yet (flash first), and from then
     on every SDPA call outside ComfyUI's own function (arcattn's included) runs flash attention: 142 against 81 us
     for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it
-    settle the order as its first real call would. CUDA only: ComfyUI sets no SDPA order elsewhere."""
+    settle the order as its first real call would. Only where ComfyUI runs on a CUDA device (NVIDIA, or AMD
+    through ROCm, whose torch also says cuda): ComfyUI sets no SDPA order elsewhere, and under --cpu a CUDA
+    context would be made for nothing."""
     choose = getattr(torch, "_fused_sdp_choice", None)
     if choose is None or not torch.cuda.is_available():
         return
+    device = _host_device()
+    if device is not None and device.type != "cuda":
+        log.debug("ComfyUI runs on %s: torch's SDPA order left as it is", device)
+        return
     try:
-        t = torch.zeros(1, 1, 8, 64, device="cuda", dtype=torch.float16)
+        t = torch.zeros(1, 1, 8, 64, device=device or "cuda", dtype=torch.float16)
         choose(t, t, t)
         log.debug("torch's SDPA backend order settled before ComfyUI's first call: %s",
                   getattr(torch._C, "_get_sdp_priority_order", lambda: "?")())

@@ -13,7 +13,8 @@
 //
 // ARCATTN_HEADER_CHECK_CONTROL=1 adds a 2-D block load that breaks a documented restriction (a transposed load
 // 16 dwords wide; the limit is 8). The script compiles that too and expects it to fail: it shows the headers'
-// checks are live in this pass, so a clean compile of the kernel means something.
+// checks are live in this pass, so a clean compile of the kernel means something. The script finds that load by
+// its ARCATTN_CONTROL_LOAD mark and accepts only a static_assert instantiated from that line.
 #include <utility>
 
 #include "sycl_forward.cpp"
@@ -35,7 +36,8 @@ void use_every_instance(const xmx::KernelParams& p) {
 #if ARCATTN_HEADER_CHECK_CONTROL
 void break_a_block_restriction(const uint32_t* k) {
   namespace esimd = sycl::ext::intel::esimd;
-  esimd::simd<uint32_t, 16 * 16> bad = esimd::load_2d<uint32_t, 16, 16, 1, true, false>(k, 63u, 63u, 63u, 0, 0);
+  esimd::simd<uint32_t, 16 * 16> bad =
+      esimd::load_2d<uint32_t, 16, 16, 1, true, false>(k, 63u, 63u, 63u, 0, 0);  // ARCATTN_CONTROL_LOAD
   (void)bad;
 }
 #endif
