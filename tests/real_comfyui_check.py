@@ -61,7 +61,9 @@ node_served = sum(d["calls"] for d in arcattn.get_router().decisions())
 
 arcattn.hosts.comfyui.unpatch()
 restored = attention.optimized_attention.__name__
+host_device = str(arcattn.hosts.comfyui._host_device())  # what settle_sdpa_order reads: cpu under --cpu
 print(json.dumps({"host_function": host_function, "patched_rel_error": rel, "decisions": decisions,
+                  "host_device": host_device,
                   "node_rel_error": node_rel, "node_served": node_served, "restored": restored,
                   "registered": "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS,
                   "node_classes": sorted(pkg.NODE_CLASS_MAPPINGS)}))

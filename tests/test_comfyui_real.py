@@ -32,3 +32,4 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
     assert r["node_served"] > 0
     assert r["registered"] and r["node_classes"] == ["ArcAttention"]
     assert r["restored"] == r["host_function"]
+    assert r["host_device"] == "cpu"  # --cpu: settle_sdpa_order makes no CUDA context
