@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
@@ -129,7 +130,7 @@ def fetch_headers(version: str, root: Optional[Path] = None) -> Path:
                             target = staging / "include" / rel
                             target.parent.mkdir(parents=True, exist_ok=True)
                             target.write_bytes(z.read(name))
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as e:
                 raise Missing(f"the downloaded {WHEEL}=={version} wheel cannot be read ({type(e).__name__}: {e}); "
                               "run this again, or pass --include DIR") from None
             if not _complete(staging):
