@@ -23,6 +23,7 @@ check failed, 2 clang or the headers are missing (the message says how to get th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib.util
 import os
@@ -36,6 +37,15 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "extension" / "src"
@@ -84,24 +94,49 @@ def _complete(dest: Path) -> bool:
     return (dest / "include" / "sycl" / "ext" / "intel" / "esimd.hpp").is_file()
 
 
-def _put_in_place(staging: Path, dest: Path) -> None:
-    """Move a complete staging tree to dest by rename, so that a reader sees no tree or a whole one. Another
-    process may have put its own there first (a test run beside a check run): that one is kept, never deleted
-    under its user. Only an incomplete leftover (an interrupted older fetch) is moved aside and replaced."""
-    for _ in range(3):
-        try:
-            staging.rename(dest)
+@contextlib.contextmanager
+def _placing_lock(dest: Path):
+    """Held while a fetch looks at dest and puts its tree there, so that two fetches of one release never interleave
+    their checks and renames. Readers take no lock: they only use a complete tree, and no fetch moves one."""
+    with open(dest.parent / f".{dest.name}.lock", "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f closes
+            yield
             return
-        except OSError:
-            if _complete(dest):
-                return
-        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-stale-", dir=dest.parent))
+        if msvcrt is None:
+            yield
+            return
+        for _ in range(30):  # each LK_LOCK tries for 10 s
+            try:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                break
+            except OSError:
+                continue
+        else:
+            raise Missing(f"another fetch has held {f.name} for 5 minutes; run this again")
         try:
-            dest.rename(aside / "tree")
-        except OSError:
-            pass
-        shutil.rmtree(aside, ignore_errors=True)
-    raise Missing(f"could not put the headers in place at {dest}")
+            yield
+        finally:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def _put_in_place(staging: Path, dest: Path) -> None:
+    """Move a complete staging tree to dest by rename, so that a reader sees no tree or a whole one. A whole tree
+    already there (another process's fetch) is kept, never deleted under its user; only an incomplete leftover (an
+    interrupted older fetch) is moved aside and replaced."""
+    with _placing_lock(dest):
+        if _complete(dest):
+            return
+        try:
+            if dest.exists() or dest.is_symlink():
+                aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-stale-", dir=dest.parent))
+                dest.rename(aside / "tree")
+                shutil.rmtree(aside, ignore_errors=True)
+            staging.rename(dest)
+        except OSError as e:
+            raise Missing(f"could not put the headers in place at {dest} ({type(e).__name__}: {e})") from None
 
 
 def fetch_headers(version: str, root: Optional[Path] = None) -> Path:
@@ -160,10 +195,20 @@ def sycl_version(include: Path) -> str:
 
 def control_line(src: Path = SRC) -> int:
     """The line of header_check.cpp holding the control's out-of-limits 2-D load (marked in the source)."""
-    for n, line in enumerate((src / "header_check.cpp").read_text().splitlines(), 1):
+    path = src / "header_check.cpp"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise Missing(f"cannot read {path} ({type(e).__name__})") from None
+    for n, line in enumerate(lines, 1):
         if "ARCATTN_CONTROL_LOAD" in line and "load_2d" in line:
             return n
-    raise ValueError("header_check.cpp has no line marked ARCATTN_CONTROL_LOAD")
+    raise Missing(f"{path} has no load_2d line marked ARCATTN_CONTROL_LOAD, so the control cannot be judged")
+
+
+# clang 16 and newer say "static assertion failed", clang 15 and older "static_assert failed"
+_STATIC_ASSERT = re.compile(r"\berror: static(_assert| assertion) failed")
+_DIAGNOSTIC = re.compile(r"\b(error|warning): ")
 
 
 def rejected_by_the_control(returncode: int, stderr: str, src: Path = SRC) -> bool:
@@ -172,16 +217,17 @@ def rejected_by_the_control(returncode: int, stderr: str, src: Path = SRC) -> bo
     checks, and counts as the control not being rejected."""
     if returncode == 0:
         return False
-    lines = stderr.splitlines()
-    errors = [i for i, ln in enumerate(lines) if re.search(r"\berror:", ln)]
     where = f"header_check.cpp:{control_line(src)}:"
-    for i in errors:
-        if "static assertion failed" not in lines[i]:
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        if not _STATIC_ASSERT.search(line):
             continue
-        # clang's notes for this error follow it, up to the next error
-        following = lines[i + 1: next((j for j in errors if j > i), len(lines))]
-        if any(where in ln for ln in following):
-            return True
+        # clang's notes for this error follow it, up to the next error or warning
+        for note in lines[i + 1:]:
+            if _DIAGNOSTIC.search(note):
+                break
+            if where in note and " note: " in note:
+                return True
     return False
 
 

@@ -109,7 +109,7 @@ def test_an_interrupted_fetch_is_replaced(tmp_path):
     (dest / "include" / "sycl").mkdir(parents=True)  # what a fetch killed half way leaves
     check_headers._put_in_place(_tree(tmp_path / "staging", "new"), dest)
     assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.0"]  # nothing left aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".1.0.lock", "1.0"]  # nothing left aside
 
 
 def test_racing_fetches_leave_one_whole_tree(tmp_path):
@@ -119,6 +119,58 @@ def test_racing_fetches_leave_one_whole_tree(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda s: check_headers._put_in_place(s, dest), stagings))
     assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() in {str(i) for i in range(8)}
+
+
+def test_racing_fetches_over_a_leftover_never_move_a_whole_tree(tmp_path):
+    """Fetches racing over an interrupted fetch's leftover: once a whole tree is in place, a reader keeps seeing
+    that same tree (no fetch moves it aside as if it were the leftover)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    for attempt in range(20):
+        dest = tmp_path / str(attempt) / "1.0"
+        (dest / "include" / "sycl").mkdir(parents=True)  # the leftover
+        stagings = [_tree(tmp_path / str(attempt) / f"staging{i}", str(i)) for i in range(8)]
+        seen, done = [], threading.Event()
+
+        def read():
+            header = dest / "include/sycl/ext/intel/esimd.hpp"
+            while not done.is_set():
+                try:
+                    seen.append(header.read_text())
+                except OSError:
+                    if seen:
+                        seen.append("gone")  # a whole tree was there and vanished
+        reader = threading.Thread(target=read)
+        reader.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda s: check_headers._put_in_place(s, dest), stagings))
+        done.set()
+        reader.join()
+        assert len(set(seen)) <= 1, f"attempt {attempt}: a reader saw {sorted(set(seen))}"
+
+
+def test_a_fetch_waits_for_the_one_placing_its_tree(tmp_path):
+    import threading
+    dest = tmp_path / "1.0"
+    staging = _tree(tmp_path / "staging", "new")
+    with check_headers._placing_lock(dest):
+        placer = threading.Thread(target=check_headers._put_in_place, args=(staging, dest))
+        placer.start()
+        placer.join(0.3)
+        assert placer.is_alive() and not dest.exists()  # waits while the lock is held
+    placer.join(5)
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"
+
+
+def test_a_tree_that_cannot_be_placed_is_missing_with_the_reason(tmp_path, monkeypatch):
+    dest = tmp_path / "1.0"
+    staging = _tree(tmp_path / "staging", "new")
+
+    def refuse(self, target):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(check_headers.Path, "rename", refuse)
+    with pytest.raises(check_headers.Missing, match="PermissionError"):
+        check_headers._put_in_place(staging, dest)
 
 
 def test_a_clang_that_does_not_exist_is_exit_2(tmp_path, capsys):
@@ -145,3 +197,19 @@ def test_the_control_counts_only_a_static_assert_from_its_own_load():
     # the control's note belongs to the first error here, which is not a static_assert
     other = "x.hpp:1:1: error: unknown type name 'foo'"
     assert not rejected(1, "\n".join([other, note.format(line), failed, note.format(line + 40)]))
+    # a warning ends the error's notes as well
+    warning = "header_check.cpp:3:1: warning: unused variable 'x'"
+    assert not rejected(1, "\n".join([failed, warning, note.format(line)]))
+    # only a note counts, not a source excerpt that names that line
+    assert not rejected(1, "\n".join([failed, "  see extension/src/header_check.cpp:{}:7:".format(line)]))
+    # clang 15 and older spell the error "static_assert failed"
+    old_clang = failed.replace("static assertion failed", "static_assert failed")
+    assert rejected(1, "\n".join([old_clang, note.format(line), "1 error generated."]))
+
+
+def test_a_source_without_the_control_mark_is_missing(tmp_path):
+    (tmp_path / "header_check.cpp").write_text("int main() { return 0; }\n")
+    with pytest.raises(check_headers.Missing, match="ARCATTN_CONTROL_LOAD"):
+        check_headers.control_line(tmp_path)
+    with pytest.raises(check_headers.Missing, match="cannot read"):
+        check_headers.control_line(tmp_path / "nowhere")
