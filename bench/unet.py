@@ -242,8 +242,11 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_r
     from arcattn.hosts import comfyui
 
     comfyui.settle_sdpa_order()  # as the node package's import does, before ComfyUI's first attention call
-    order = getattr(torch._C, "_get_sdp_priority_order", lambda: "?")()
-    print(f"  ComfyUI device {comfyui._host_device()}, torch SDPA order after settling: {order}", flush=True)
+    try:
+        host_device = comfyui._host_device()
+    except LookupError as e:
+        host_device = f"unknown ({e})"
+    print(f"  ComfyUI device {host_device}, torch SDPA order after settling: {comfyui.sdpa_order()}", flush=True)
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNetModel(image_size=64, in_channels=4, model_channels=channels, out_channels=4, num_res_blocks=2,

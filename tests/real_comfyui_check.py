@@ -43,7 +43,9 @@ spec = importlib.util.spec_from_file_location("arcattn_node", os.path.join(repo_
                                               submodule_search_locations=[repo_root])
 pkg = importlib.util.module_from_spec(spec)
 sys.modules["arcattn_node"] = pkg
+cuda_before_import = torch.cuda.is_initialized()
 spec.loader.exec_module(pkg)
+cuda_after_import = torch.cuda.is_initialized()
 import arcattn  # noqa: E402
 
 with torch.no_grad():
@@ -61,9 +63,10 @@ node_served = sum(d["calls"] for d in arcattn.get_router().decisions())
 
 arcattn.hosts.comfyui.unpatch()
 restored = attention.optimized_attention.__name__
-host_device = str(arcattn.hosts.comfyui._host_device())  # what settle_sdpa_order reads: cpu under --cpu
+host_device = str(arcattn.hosts.comfyui._host_device())  # what settle_sdpa_order reads
 print(json.dumps({"host_function": host_function, "patched_rel_error": rel, "decisions": decisions,
-                  "host_device": host_device,
+                  "host_device": host_device, "cuda_available": torch.cuda.is_available(),
+                  "cuda_initialized_by_node_import": cuda_after_import and not cuda_before_import,
                   "node_rel_error": node_rel, "node_served": node_served, "restored": restored,
                   "registered": "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS,
                   "node_classes": sorted(pkg.NODE_CLASS_MAPPINGS)}))

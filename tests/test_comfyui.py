@@ -350,10 +350,12 @@ def test_settling_the_sdpa_order_is_quiet_when_it_cannot(monkeypatch):
     comfyui.settle_sdpa_order()
 
 
-@pytest.mark.parametrize("host_device, settles", [("cpu", False), ("cuda:1", True), (None, True)])
+@pytest.mark.parametrize("host_device, settles",
+                         [("cpu", False), ("cuda:1", True), (None, True), ("unreadable", False)])
 def test_settling_follows_comfyuis_device(monkeypatch, host_device, settles):
     """Under --cpu ComfyUI's device is the CPU: no CUDA context is made. On a CUDA device the tiny input goes
-    there. Outside a running ComfyUI (no comfy.model_management) torch's CUDA check decides."""
+    there. Outside a running ComfyUI (no comfy.model_management) torch's CUDA check decides. A loaded ComfyUI whose
+    device cannot be read is not taken for a CUDA one."""
     import types
     from arcattn.hosts import comfyui
     calls, made = [], []
@@ -362,6 +364,12 @@ def test_settling_follows_comfyuis_device(monkeypatch, host_device, settles):
     monkeypatch.setattr(torch, "zeros", lambda *shape, **kw: made.append(kw["device"]) or object())
     if host_device is None:
         monkeypatch.delitem(sys.modules, "comfy.model_management", raising=False)
+    elif host_device == "unreadable":
+        def fails():
+            raise RuntimeError("model_management not initialised")
+        monkeypatch.setitem(sys.modules, "comfy.model_management", types.SimpleNamespace(get_torch_device=fails))
+        with pytest.raises(LookupError, match="not initialised"):
+            comfyui._host_device()
     else:
         mm = types.SimpleNamespace(get_torch_device=lambda: torch.device(host_device))
         monkeypatch.setitem(sys.modules, "comfy.model_management", mm)

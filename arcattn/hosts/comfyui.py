@@ -113,38 +113,55 @@ def unregister(module=None) -> None:
         getattr(_attention_module(module), "REGISTERED_ATTENTION_FUNCTIONS", {}).pop(REGISTRY_NAME, None)
 
 
+class _UnknownDevice(LookupError):
+    """ComfyUI is loaded but its device cannot be read (a half-initialised or changed model_management)."""
+
+
 def _host_device() -> Optional[torch.device]:
-    """ComfyUI's own torch device (cpu under --cpu), or None outside a running ComfyUI."""
+    """ComfyUI's own torch device (cpu under --cpu), or None outside a running ComfyUI. Raises _UnknownDevice when
+    ComfyUI's model_management is loaded but does not give its device."""
     mm = sys.modules.get("comfy.model_management")
-    try:
-        return torch.device(mm.get_torch_device()) if mm is not None else None
-    except Exception:  # noqa: BLE001 - only a hint
+    if mm is None:
         return None
+    try:
+        return torch.device(mm.get_torch_device())
+    except Exception as e:  # noqa: BLE001 - reported as one type
+        raise _UnknownDevice(f"{type(e).__name__}: {e}") from None
+
+
+def sdpa_order() -> str:
+    """torch's SDPA backend priority order as it stands, for logs and benchmarks ("?" on a torch without it)."""
+    order = getattr(torch._C, "_get_sdp_priority_order", None)
+    return str(order()) if callable(order) else "?"
 
 
 def settle_sdpa_order() -> None:
     """Have torch choose its SDPA backend order now, before ComfyUI's first attention call can capture it.
 
     torch picks its default order at the first SDPA call of a process (on Hopper, torch 2.11: cuDNN first).
-    ComfyUI runs each of its SDPA calls inside sdpa_kernel(..., set_priority=True), which on exit restores the
-    order it found; on the very first call that is the order torch has not chosen yet (flash first), and from then
-    on every SDPA call outside ComfyUI's own function (arcattn's included) runs flash attention: 142 against 81 us
-    for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it
-    settle the order as its first real call would. Only where ComfyUI runs on a CUDA device (NVIDIA, or AMD
-    through ROCm, whose torch also says cuda): ComfyUI sets no SDPA order elsewhere, and under --cpu a CUDA
-    context would be made for nothing."""
+    ComfyUI (comfy/ops.py) runs each of its SDPA calls inside sdpa_kernel(..., set_priority=True) whenever
+    torch.cuda.is_available() and sdpa_kernel takes set_priority, under --cpu too, where it is harmless. On exit that restores the order it found;
+    on the very first call that is the order torch has not chosen yet (flash first), and from then on every SDPA
+    call outside ComfyUI's own function (arcattn's included) runs flash attention: 142 against 81 us for SD1.5's
+    D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it settle
+    the order as its first real call would. Only where ComfyUI runs on a CUDA device (NVIDIA, or AMD through
+    ROCm, whose torch also says cuda): elsewhere no CUDA kernel runs, and under --cpu a CUDA context would be made
+    for nothing. When ComfyUI is loaded but its device cannot be read, nothing is done either."""
     choose = getattr(torch, "_fused_sdp_choice", None)
     if choose is None or not torch.cuda.is_available():
         return
-    device = _host_device()
+    try:
+        device = _host_device()
+    except _UnknownDevice as e:
+        log.debug("ComfyUI's device cannot be read (%s): torch's SDPA order left as it is", e)
+        return
     if device is not None and device.type != "cuda":
         log.debug("ComfyUI runs on %s: torch's SDPA order left as it is", device)
         return
     try:
         t = torch.zeros(1, 1, 8, 64, device=device or "cuda", dtype=torch.float16)
         choose(t, t, t)
-        log.debug("torch's SDPA backend order settled before ComfyUI's first call: %s",
-                  getattr(torch._C, "_get_sdp_priority_order", lambda: "?")())
+        log.debug("torch's SDPA backend order settled before ComfyUI's first call: %s", sdpa_order())
     except Exception as e:  # noqa: BLE001 - an optimisation only
         log.debug("could not settle torch's SDPA backend order (%s: %s)", type(e).__name__, e)
 
