@@ -126,17 +126,17 @@ def _put_in_place(staging: Path, dest: Path) -> None:
     """Move a complete staging tree to dest by rename, so that a reader sees no tree or a whole one. A whole tree
     already there (another process's fetch) is kept, never deleted under its user; only an incomplete leftover (an
     interrupted older fetch) is moved aside and replaced."""
-    with _placing_lock(dest):
-        if _complete(dest):
-            return
-        try:
+    try:
+        with _placing_lock(dest):
+            if _complete(dest):
+                return
             if dest.exists() or dest.is_symlink():
                 aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-stale-", dir=dest.parent))
                 dest.rename(aside / "tree")
                 shutil.rmtree(aside, ignore_errors=True)
             staging.rename(dest)
-        except OSError as e:
-            raise Missing(f"could not put the headers in place at {dest} ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise Missing(f"could not put the headers in place at {dest} ({type(e).__name__}: {e})") from None
 
 
 def fetch_headers(version: str, root: Optional[Path] = None) -> Path:
@@ -153,8 +153,12 @@ def fetch_headers(version: str, root: Optional[Path] = None) -> Path:
         if r.returncode != 0 or not wheels:
             last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no wheel"]
             raise Missing(f"could not download {WHEEL}=={version} ({last[0]}); pass --include DIR instead")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dest.parent))  # same file system: rename works
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dest.parent))  # same file system: rename
+        except OSError as e:
+            raise Missing(f"cannot write the header cache {dest.parent} ({type(e).__name__}: {e}); set "
+                          "ARCATTN_SYCL_HEADERS_DIR to a writable folder, or pass --include DIR") from None
         try:
             try:
                 with zipfile.ZipFile(wheels[0]) as z:

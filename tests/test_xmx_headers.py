@@ -213,3 +213,14 @@ def test_a_source_without_the_control_mark_is_missing(tmp_path):
         check_headers.control_line(tmp_path)
     with pytest.raises(check_headers.Missing, match="cannot read"):
         check_headers.control_line(tmp_path / "nowhere")
+
+
+def test_a_cache_that_cannot_be_written_is_missing(tmp_path, monkeypatch):
+    def fake_pip(cmd, **kw):
+        Path(cmd[cmd.index("-d") + 1], "intel_sycl_rt-1.0-py3-none-any.whl").write_bytes(b"PK")
+        return check_headers.subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(check_headers.subprocess, "run", fake_pip)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(check_headers.Missing, match="cannot write the header cache"):
+        check_headers.fetch_headers("1.0", root=blocker / "sycl-headers")
