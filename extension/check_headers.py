@@ -18,12 +18,14 @@ ones the release binaries are built with (SYCL runtimes 8 and 9, docs/native.md)
 
 clang: clang++ on PATH, else the newest clang++-N. The headers of oneAPI 2026.2 need clang 17 or newer
 (they rely on static_assert(false) in a discarded branch, C++23's P2593). Exit codes: 0 every check passed, 1 a
-check failed, 2 clang or the headers are missing (the message says how to get them).
+check failed, 2 clang or the headers are missing (the message says how to get them), or the source lacks the
+control's mark.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import importlib.util
 import os
@@ -32,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +55,9 @@ SRC = ROOT / "extension" / "src"
 KERNEL = ROOT / "kernel"
 DEFAULT_VERSIONS = ("2025.3.3", "2026.0.0")
 WHEEL = "intel-sycl-rt"
-FLAGS = ("-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-DSYCL_DISABLE_FSYCL_SYCLHPP_WARNING")
+# no colour: the control is judged by matching clang's plain "error:" and "note:" text
+FLAGS = ("-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-fno-color-diagnostics",
+         "-DSYCL_DISABLE_FSYCL_SYCLHPP_WARNING")
 
 
 class Missing(Exception):
@@ -94,32 +99,68 @@ def _complete(dest: Path) -> bool:
     return (dest / "include" / "sycl" / "ext" / "intel" / "esimd.hpp").is_file()
 
 
+def _open_lock_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # made by another user of a shared cache: flock needs no write access
+        return os.open(path, os.O_RDONLY)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on fd, waiting for another fetch to release it. False where the file system has no
+    locks (some NFS, FUSE and SMB mounts): the fetch then goes on unlocked, as it did before there was a lock."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return True
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return False
+            raise
+    if msvcrt is not None:
+        for _ in range(3000):  # up to 5 minutes
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EDEADLK):
+                    return False
+                time.sleep(0.1)
+        raise Missing("another fetch has been putting its headers in place for 5 minutes; run this again")
+    return False
+
+
 @contextlib.contextmanager
 def _placing_lock(dest: Path):
     """Held while a fetch looks at dest and puts its tree there, so that two fetches of one release never interleave
     their checks and renames. Readers take no lock: they only use a complete tree, and no fetch moves one."""
-    with open(dest.parent / f".{dest.name}.lock", "a+b") as f:
-        if fcntl is not None:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f closes
-            yield
-            return
-        if msvcrt is None:
-            yield
-            return
-        for _ in range(30):  # each LK_LOCK tries for 10 s
-            try:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-                break
-            except OSError:
-                continue
-        else:
-            raise Missing(f"another fetch has held {f.name} for 5 minutes; run this again")
+    fd = _open_lock_file(dest.parent / f".{dest.name}.lock")
+    try:
+        locked = _lock(fd)
         try:
             yield
         finally:
-            f.seek(0)
-            msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+            if locked and fcntl is None and msvcrt is not None:
+                try:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+                except OSError:
+                    pass  # closing the file releases it too
+    finally:
+        os.close(fd)  # releases flock's lock
+
+
+def _rename(src: Path, dst: Path) -> None:
+    # Windows: an indexer or a virus scanner holding a file just extracted fails a folder's rename for a moment
+    for attempt in range(3):
+        try:
+            src.rename(dst)
+            return
+        except PermissionError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def _put_in_place(staging: Path, dest: Path) -> None:
@@ -132,9 +173,9 @@ def _put_in_place(staging: Path, dest: Path) -> None:
                 return
             if dest.exists() or dest.is_symlink():
                 aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-stale-", dir=dest.parent))
-                dest.rename(aside / "tree")
+                _rename(dest, aside / "tree")
                 shutil.rmtree(aside, ignore_errors=True)
-            staging.rename(dest)
+            _rename(staging, dest)
     except OSError as e:
         raise Missing(f"could not put the headers in place at {dest} ({type(e).__name__}: {e})") from None
 
@@ -239,6 +280,8 @@ def check(include: Path, clang: str, label: str, src: Path = SRC, kernel: Path =
           control: bool = True) -> list:
     """Failures (empty: all passed) for one include tree; prints one line per compile."""
     failures = []
+    if control:
+        control_line(src)  # a source without the control's mark is Missing before anything compiles
     cmds = compile_commands(clang, include, src, kernel, control)
     with ThreadPoolExecutor(max_workers=len(cmds)) as pool:
         runs = dict(zip(cmds, pool.map(lambda c: subprocess.run(c[0], capture_output=True, text=True),

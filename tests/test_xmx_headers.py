@@ -169,6 +169,7 @@ def test_a_tree_that_cannot_be_placed_is_missing_with_the_reason(tmp_path, monke
     def refuse(self, target):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(check_headers.Path, "rename", refuse)
+    monkeypatch.setattr(check_headers.time, "sleep", lambda s: None)
     with pytest.raises(check_headers.Missing, match="PermissionError"):
         check_headers._put_in_place(staging, dest)
 
@@ -213,6 +214,9 @@ def test_a_source_without_the_control_mark_is_missing(tmp_path):
         check_headers.control_line(tmp_path)
     with pytest.raises(check_headers.Missing, match="cannot read"):
         check_headers.control_line(tmp_path / "nowhere")
+    # found before any compile, so a control that would compile cleanly still gives exit 2, not 1
+    with pytest.raises(check_headers.Missing, match="ARCATTN_CONTROL_LOAD"):
+        check_headers.check(tmp_path, "clang++-that-never-runs", "label", src=tmp_path)
 
 
 def test_a_cache_that_cannot_be_written_is_missing(tmp_path, monkeypatch):
@@ -224,3 +228,70 @@ def test_a_cache_that_cannot_be_written_is_missing(tmp_path, monkeypatch):
     blocker.write_text("a file where the cache folder should be")
     with pytest.raises(check_headers.Missing, match="cannot write the header cache"):
         check_headers.fetch_headers("1.0", root=blocker / "sycl-headers")
+
+
+def test_a_file_system_without_locks_still_gets_its_headers(tmp_path, monkeypatch):
+    import errno
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(check_headers.fcntl, "flock", no_locks)
+    dest = tmp_path / "1.0"
+    check_headers._put_in_place(_tree(tmp_path / "staging", "new"), dest)
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"
+
+
+def test_a_lock_file_another_user_made_is_opened_read_only(tmp_path, monkeypatch):
+    import os
+    real_open, modes = os.open, []
+
+    def open_as_another_user(path, flags, *args):
+        modes.append(flags & (os.O_RDWR | os.O_WRONLY))
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+    (tmp_path / ".1.0.lock").write_bytes(b"")
+    monkeypatch.setattr(check_headers.os, "open", open_as_another_user)
+    dest = tmp_path / "1.0"
+    check_headers._put_in_place(_tree(tmp_path / "staging", "new"), dest)
+    assert (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"
+    assert modes == [os.O_RDWR, 0]
+
+
+def test_windows_locking_waits_only_for_another_fetch(tmp_path, monkeypatch):
+    """The msvcrt branch, with a stand-in for msvcrt: a held lock (EACCES) is waited for, and released after; a
+    file system without byte-range locks (any other error) lets the fetch go on unlocked."""
+    import errno
+    import types
+    calls = []
+
+    def locking(fd, mode, nbytes):
+        calls.append(mode)
+        if mode == "nb" and calls.count("nb") < 3:
+            raise OSError(errno.EACCES, "Permission denied")
+    fake = types.SimpleNamespace(LK_NBLCK="nb", LK_UNLCK="un", locking=locking)
+    monkeypatch.setattr(check_headers, "fcntl", None)
+    monkeypatch.setattr(check_headers, "msvcrt", fake)
+    monkeypatch.setattr(check_headers.time, "sleep", lambda s: None)
+    check_headers._put_in_place(_tree(tmp_path / "staging", "new"), tmp_path / "1.0")
+    assert calls == ["nb", "nb", "nb", "un"]
+
+    calls.clear()
+    fake.locking = lambda fd, mode, nbytes: calls.append(mode) or (_ for _ in ()).throw(OSError(errno.EINVAL, "x"))
+    check_headers._put_in_place(_tree(tmp_path / "staging2", "new"), tmp_path / "2.0")
+    assert calls == ["nb"] and (tmp_path / "2.0" / "include").is_dir()
+
+
+def test_a_rename_refused_for_a_moment_is_tried_again(tmp_path, monkeypatch):
+    real_rename, refused = check_headers.Path.rename, []
+
+    def busy_once(self, target):
+        if not refused:
+            refused.append(self)
+            raise PermissionError(13, "Access is denied")  # an indexer holding a file just extracted
+        return real_rename(self, target)
+    monkeypatch.setattr(check_headers.Path, "rename", busy_once)
+    monkeypatch.setattr(check_headers.time, "sleep", lambda s: None)
+    dest = tmp_path / "1.0"
+    check_headers._put_in_place(_tree(tmp_path / "staging", "new"), dest)
+    assert refused and (dest / "include/sycl/ext/intel/esimd.hpp").read_text() == "new"

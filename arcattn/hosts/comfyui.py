@@ -140,10 +140,10 @@ def settle_sdpa_order() -> None:
 
     torch picks its default order at the first SDPA call of a process (on Hopper, torch 2.11: cuDNN first).
     ComfyUI (comfy/ops.py) runs each of its SDPA calls inside sdpa_kernel(..., set_priority=True) whenever
-    torch.cuda.is_available() and sdpa_kernel takes set_priority, under --cpu too, where it is harmless. On exit that restores the order it found;
-    on the very first call that is the order torch has not chosen yet (flash first), and from then on every SDPA
-    call outside ComfyUI's own function (arcattn's included) runs flash attention: 142 against 81 us for SD1.5's
-    D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it settle
+    torch.cuda.is_available() and sdpa_kernel takes set_priority (under --cpu too, where it is harmless). On exit
+    that restores the order it found; on the very first call that is the order torch has not chosen yet (flash
+    first), and from then on every SDPA call outside ComfyUI's own function (arcattn's included) runs flash
+    attention: 142 against 81 us for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it settle
     the order as its first real call would. Only where ComfyUI runs on a CUDA device (NVIDIA, or AMD through
     ROCm, whose torch also says cuda): elsewhere no CUDA kernel runs, and under --cpu a CUDA context would be made
     for nothing. When ComfyUI is loaded but its device cannot be read, nothing is done either."""
