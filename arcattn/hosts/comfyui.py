@@ -143,10 +143,11 @@ def settle_sdpa_order() -> None:
     torch.cuda.is_available() and sdpa_kernel takes set_priority (under --cpu too, where it is harmless). On exit
     that restores the order it found; on the very first call that is the order torch has not chosen yet (flash
     first), and from then on every SDPA call outside ComfyUI's own function (arcattn's included) runs flash
-    attention: 142 against 81 us for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its choice once on a tiny input makes it settle
-    the order as its first real call would. Only where ComfyUI runs on a CUDA device (NVIDIA, or AMD through
-    ROCm, whose torch also says cuda): elsewhere no CUDA kernel runs, and under --cpu a CUDA context would be made
-    for nothing. When ComfyUI is loaded but its device cannot be read, nothing is done either."""
+    attention: 142 against 81 us for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its
+    choice once on a tiny input makes it settle the order as its first real call would. Only where ComfyUI runs on
+    a CUDA device (NVIDIA, or AMD through ROCm, whose torch also says cuda): elsewhere no CUDA kernel runs, and
+    under --cpu a CUDA context would be made for nothing. When ComfyUI is loaded but its device cannot be read,
+    nothing is done either."""
     choose = getattr(torch, "_fused_sdp_choice", None)
     if choose is None or not torch.cuda.is_available():
         return
