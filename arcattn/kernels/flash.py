@@ -137,7 +137,7 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
           D: tl.constexpr, E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
           MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, LAZY: tl.constexpr):
+          IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold the scores qk of keys n0..n0+BLOCK_N into the running state. m_i is the running row maximum of
     the scaled scores in base 2, l_i the row sum of exp2(score - m_i). E0/E1/F1: the split of v's head."""
     if SCALE_FIRST:  # scale <= 0: scale before masking, so masked scores stay -inf
@@ -152,21 +152,6 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
         m_new = tl.maximum(m_i, tl.max(qk, 1))
     else:  # scale > 0: max(qk) * scale == max(qk * scale), and the scaling fuses into one FMA below
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    if LAZY:
-        # Keep the running maximum (and skip rescaling the accumulator) until some row's maximum has grown by
-        # more than 2^8: p then stays below 256, well inside fp16, and most key blocks need no rescale at all.
-        grown = tl.max(tl.where(m_new > m_i, m_new - m_i, 0.0), 0)
-        if grown > 8.0:
-            m_up = m_new
-            if EMPTY_ROWS:
-                m_up = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.math.exp2(m_i - m_up)
-            l_i = l_i * alpha
-            acc0 = acc0 * alpha[:, None]
-            if E1 > 0:
-                acc1 = acc1 * alpha[:, None]
-            m_i = m_new
-        m_new = m_i
     m_use = m_new
     if EMPTY_ROWS:  # a row that has seen only masked keys so far keeps max -inf: avoid -inf - -inf
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -175,20 +160,14 @@ def _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd, 
     else:
         x = qk * qk_scale - m_use[:, None]
     p = tl.math.exp2(x)
-    if LAZY:
-        l_i = l_i + tl.sum(p, 1)
-    else:
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc0 = acc0 * alpha[:, None]
-        if E1 > 0:
-            acc1 = acc1 * alpha[:, None]
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
     v0 = _load(v_base, v0d, n0, Sk, s_vs, s_vd, BLOCK_N, E0, 0, D, MASKED, USE_DESC)
     p = p.to(v0.dtype)
-    acc0 = _mma(p, v0, acc0, IEEE, UPCAST)
+    acc0 = _mma(p, v0, acc0 * alpha[:, None], IEEE, UPCAST)
     if E1 > 0:
         v1 = _load(v_base, v1d, n0, Sk, s_vs, s_vd, BLOCK_N, E1, F1, D, MASKED, USE_DESC)
-        acc1 = _mma(p, v1, acc1, IEEE, UPCAST)
+        acc1 = _mma(p, v1, acc1 * alpha[:, None], IEEE, UPCAST)
     return acc0, acc1, m_new, l_i
 
 
@@ -199,14 +178,14 @@ def _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, SCALE_FIRST: tl.constexpr, EMPTY_ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr, LAZY: tl.constexpr):
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, USE_DESC: tl.constexpr):
     """Fold keys lo..hi (a multiple of BLOCK_N apart, except a final partial block) into the running state."""
     for n0 in range(lo, hi, BLOCK_N):
         qk = _scores(q0, q1, k_base, k0d, k1d, n0, Sk, s_ks, s_kd, D, D0, D1, C1, BLOCK_M, BLOCK_N, MASKED,
                      IEEE, UPCAST, USE_DESC)
         acc0, acc1, m_i, l_i = _fold(acc0, acc1, m_i, l_i, qk, v_base, v0d, v1d, n0, row0, Sk, s_vs, s_vd,
                                      qk_scale, D, E0, E1, F1, BLOCK_M, BLOCK_N, MASKED, CAUSAL, SCALE_FIRST,
-                                     EMPTY_ROWS, IEEE, UPCAST, USE_DESC, LAZY)
+                                     EMPTY_ROWS, IEEE, UPCAST, USE_DESC)
     return acc0, acc1, m_i, l_i
 
 
@@ -234,7 +213,7 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
               E0: tl.constexpr, E1: tl.constexpr, F1: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WRITE_LSE: tl.constexpr,
               SPLITS: tl.constexpr, SCALE_FIRST: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-              USE_DESC: tl.constexpr, AL: tl.constexpr, VPARTS: tl.constexpr, LAZY: tl.constexpr):
+              USE_DESC: tl.constexpr, AL: tl.constexpr, VPARTS: tl.constexpr):
     # The launcher divides every batch/head/row stride by AL (their common alignment, 16 bytes' worth of
     # elements when it divides them all). Multiplying back by a constant lets the compiler prove that tile rows
     # start 16-byte aligned, so it emits vector / cp.async loads: a head stride of 40 or a row stride of 360
@@ -306,11 +285,11 @@ def _attn_fwd(Q, K, V, O, LSE, WS, WSL, LOCKS, qk_scale, H, Sq, Sk,
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       lo, mid, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, False, CAUSAL, SCALE_FIRST,
-                                      SPLITS > 1, IEEE, UPCAST, USE_DESC, LAZY)
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
     acc0, acc1, m_i, l_i = _attn_keys(acc0, acc1, m_i, l_i, q0, q1, k_base, v_base, k0d, k1d, v0d, v1d,
                                       mid, hi, row0, Sk, s_ks, s_kd, s_vs, s_vd, qk_scale,
                                       D, D0, D1, C1, E0, E1, F1, BLOCK_M, BLOCK_N, True, CAUSAL, SCALE_FIRST,
-                                      SPLITS > 1, IEEE, UPCAST, USE_DESC, LAZY)
+                                      SPLITS > 1, IEEE, UPCAST, USE_DESC)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     if SPLITS == 1:
@@ -407,8 +386,7 @@ class Plan:
 
     def __init__(self, device: torch.device, dtype: torch.dtype, B: int, H: int, Sq: int, Sk: int, D: int, *,
                  causal: bool, want_lse: bool, config: Optional[configs.TileConfig] = None,
-                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None,
-                 lazy_rescale: bool = False):
+                 splits: Optional[int] = None, use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
         info = configs.device_info(device.type, device.index or 0, interpreted())
         # `head` overrides the split: (D0, D1) for q/k and v/out alike, or (D0, D1, E0, E1) with v/out's own
         explicit = head is not None
@@ -458,8 +436,7 @@ class Plan:
             common.update(N0=n0, N1=n1, MASK0=n1 == 0 and n0 > Sk)
             self.kernel, self.consts, scale_first = short_keys._attn_short_fwd, short_keys.CONSTS, {}
         else:
-            common.update(BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts, SPLITS=splits, SCALE_FIRST=False,
-                          LAZY=bool(lazy_rescale))
+            common.update(BLOCK_N=config.block_n, CAUSAL=bool(causal), VPARTS=vparts, SPLITS=splits, SCALE_FIRST=False)
             self.kernel, self.consts, scale_first = _attn_fwd, _CONSTS, {"SCALE_FIRST": True}
         # unaligned strides: AL = 1
         eu = (window, 0) if vparts > 1 else (d0u, d1u)
@@ -577,7 +554,7 @@ def _ensure_allocator(device: torch.device) -> None:
 _alloc_local = threading.local()
 
 _CONSTS = ("D", "D0", "D1", "C1", "E0", "E1", "F1", "BLOCK_M", "BLOCK_N", "CAUSAL", "WRITE_LSE", "SPLITS",
-           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "VPARTS", "LAZY")  # the constexprs, in order
+           "SCALE_FIRST", "IEEE", "UPCAST", "USE_DESC", "AL", "VPARTS")  # the kernel's constexpr parameters, in order
 _fast_launch_ok: Optional[bool] = None  # None: not checked yet in this process
 
 
@@ -634,8 +611,7 @@ def descriptors_ok(tensors_and_strides, element_size: int) -> bool:
 def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, scale: Optional[float] = None,
                     causal: bool = False, return_lse: bool = False, out4: Optional[torch.Tensor] = None,
                     config: Optional[configs.TileConfig] = None, splits: Optional[int] = None,
-                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None,
-                    lazy_rescale: bool = False):
+                    use_descriptors: Optional[bool] = None, head: Optional[tuple] = None):
     """Attention on (B, H, S, D) tensors of any strides (tests, benchmarks). Writes into `out4` when given.
     Returns out4, or (out4, lse) with lse fp32 (B, H, Sq)."""
     B, H, Sq, D = q4.shape
@@ -650,7 +626,7 @@ def flash_attention(q4: torch.Tensor, k4: torch.Tensor, v4: torch.Tensor, *, sca
         use_descriptors = info.use_descriptors and descriptors_ok(
             [(t, t.stride()) for t in (q4, k4, v4, out4)], q4.element_size())
     plan = Plan(q4.device, q4.dtype, B, H, Sq, Sk, D, causal=causal, want_lse=return_lse, config=config,
-                splits=splits, use_descriptors=use_descriptors, head=head, lazy_rescale=lazy_rescale)
+                splits=splits, use_descriptors=use_descriptors, head=head)
     launch(plan, q4, k4, v4, out4, lse, q4.stride(), k4.stride(), v4.stride(), out4.stride(), float(scale),
            H, Sq, Sk)
     return (out4, lse) if return_lse else out4
