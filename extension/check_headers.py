@@ -173,8 +173,10 @@ def _put_in_place(staging: Path, dest: Path) -> None:
                 return
             if dest.exists() or dest.is_symlink():
                 aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-stale-", dir=dest.parent))
-                _rename(dest, aside / "tree")
-                shutil.rmtree(aside, ignore_errors=True)
+                try:
+                    _rename(dest, aside / "tree")
+                finally:
+                    shutil.rmtree(aside, ignore_errors=True)
             _rename(staging, dest)
     except OSError as e:
         raise Missing(f"could not put the headers in place at {dest} ({type(e).__name__}: {e})") from None
