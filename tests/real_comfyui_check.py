@@ -67,7 +67,7 @@ host_device = str(arcattn.hosts.comfyui._host_device())  # what settle_sdpa_orde
 print(json.dumps({"host_function": host_function, "patched_rel_error": rel, "decisions": decisions,
                   "host_device": host_device, "cuda_available": torch.cuda.is_available(),
                   "cuda_initialized_before_node_import": cuda_before_import,
-                  "cuda_initialized_by_node_import": cuda_after_import and not cuda_before_import,
+                  "cuda_initialized_after_node_import": cuda_after_import,
                   "node_rel_error": node_rel, "node_served": node_served, "restored": restored,
                   "registered": "arcattn" in attention.REGISTERED_ATTENTION_FUNCTIONS,
                   "node_classes": sorted(pkg.NODE_CLASS_MAPPINGS)}))

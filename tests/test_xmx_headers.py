@@ -86,11 +86,16 @@ def _tree(path: Path, mark: str) -> Path:
     return path
 
 
-def test_a_damaged_wheel_is_reported_not_raised(tmp_path, monkeypatch):
+def _pip_downloads(monkeypatch, wheel_bytes: bytes) -> None:
+    """`pip download` replaced by one that leaves a wheel holding wheel_bytes."""
     def fake_pip(cmd, **kw):
-        Path(cmd[cmd.index("-d") + 1], "intel_sycl_rt-1.0-py3-none-any.whl").write_bytes(b"not a zip file")
+        Path(cmd[cmd.index("-d") + 1], "intel_sycl_rt-1.0-py3-none-any.whl").write_bytes(wheel_bytes)
         return check_headers.subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(check_headers.subprocess, "run", fake_pip)
+
+
+def test_a_damaged_wheel_is_reported_not_raised(tmp_path, monkeypatch):
+    _pip_downloads(monkeypatch, b"not a zip file")
     with pytest.raises(check_headers.Missing, match="cannot be read"):
         check_headers.fetch_headers("1.0", root=tmp_path)
     assert list(tmp_path.iterdir()) == []  # no staging tree left behind
@@ -172,6 +177,10 @@ def test_a_tree_that_cannot_be_placed_is_missing_with_the_reason(tmp_path, monke
     monkeypatch.setattr(check_headers.time, "sleep", lambda s: None)
     with pytest.raises(check_headers.Missing, match="PermissionError"):
         check_headers._put_in_place(staging, dest)
+    (dest / "include").mkdir(parents=True)  # a leftover that cannot be moved aside: no empty aside folder stays
+    with pytest.raises(check_headers.Missing, match="PermissionError"):
+        check_headers._put_in_place(staging, dest)
+    assert not [p.name for p in tmp_path.iterdir() if "-stale-" in p.name]
 
 
 def test_a_clang_that_does_not_exist_is_exit_2(tmp_path, capsys):
@@ -220,10 +229,7 @@ def test_a_source_without_the_control_mark_is_missing(tmp_path):
 
 
 def test_a_cache_that_cannot_be_written_is_missing(tmp_path, monkeypatch):
-    def fake_pip(cmd, **kw):
-        Path(cmd[cmd.index("-d") + 1], "intel_sycl_rt-1.0-py3-none-any.whl").write_bytes(b"PK")
-        return check_headers.subprocess.CompletedProcess(cmd, 0, "", "")
-    monkeypatch.setattr(check_headers.subprocess, "run", fake_pip)
+    _pip_downloads(monkeypatch, b"PK")
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     with pytest.raises(check_headers.Missing, match="cannot write the header cache"):
