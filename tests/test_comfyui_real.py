@@ -36,3 +36,42 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
     # (telling only where torch sees a CUDA GPU: cuda_available)
     assert r["host_device"] == "cpu"
     assert not r["cuda_initialized_after_node_import"], r  # so neither ComfyUI before it nor the import made one
+
+
+def test_real_workflow_through_comfyui_loader_validation_and_executor():
+    """The arcattn folder loaded by ComfyUI's custom-node loader; prompts (model -> Arc Attention -> KSampler)
+    validated and executed by ComfyUI's executor, as the UI's queue does (tests/real_comfyui_workflow.py)."""
+    import importlib.util
+    missing = [m for m in ("einops", "torchsde", "transformers", "safetensors", "scipy", "PIL", "aiohttp", "yaml",
+                           "psutil", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"ComfyUI's nodes and executor need {', '.join(missing)} to import "
+                    f"(pip install -r {os.path.join(COMFY, 'requirements.txt')}, torch excluded)")
+    env = dict(os.environ)
+    for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "real_comfyui_workflow.py"), COMFY, ROOT],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=COMFY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(r, indent=1))
+    assert r["node_loaded"] and r["node_classes"] == ["ArcAttention"] and r["patched"]
+    assert r["backend_choices"][0] == "auto" and "sdpa" in r["backend_choices"]
+    # the global patch and the node both serve the sampler's self- and cross-attention (CFG: cond and uncond in one
+    # batch), with the stock sampler's result; the host's own attention is a different algorithm on --cpu
+    # (sub-quadratic), so equal within float32 rounding, not bit for bit
+    for tag in ("plain", "node_auto", "node_sdpa"):
+        case = r[tag]
+        assert case["served"] > 0 and case["rel_error"] < 1e-5, (tag, case)
+        assert any("Sk=77" in c for c in case["calls"]) and any("Sk=77" not in c for c in case["calls"]), case
+        assert all(c.startswith("B=2 ") for c in case["calls"]), case
+    assert r["node_sdpa"]["backends"] == ["sdpa"]
+    # disabled on the node: the host's own function, untouched, even with the global patch on
+    assert r["node_off"] == {"rel_error": 0.0, "served": 0, "calls": [], "backends": []}
+    assert r["source_has_override"] is False
+    # arcattn failing on every call: the generation goes on with the host's attention, one log line
+    assert r["broken"]["error"] is None and r["broken"]["rel_error"] == 0.0
+    assert len(r["broken"]["warnings"]) == 1 and "injected failure" in r["broken"]["warnings"][0]
+    assert r["bogus_refused"] and "no-such-backend" in r["bogus_error"]
+    assert r["restored"] == r["host_function"]
+    assert r["after_unpatch"] == {"rel_error": 0.0, "served": 0}
