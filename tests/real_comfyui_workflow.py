@@ -6,12 +6,10 @@ Only the model loader, the conditioning and the output are test nodes (no checkp
 the sampler, the validation, the caching and the attention path are ComfyUI's.
 """
 import asyncio
-import importlib.machinery
 import json
 import logging
 import os
 import sys
-import types
 
 comfy_root, repo_root = sys.argv[1], os.path.abspath(sys.argv[2])
 sys.argv = [sys.argv[0], "--cpu"]
@@ -19,29 +17,10 @@ sys.path.insert(0, comfy_root)
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unloadable import stand_in_unloadable  # noqa: E402
 
-def _torchvision_standin() -> bool:
-    """ComfyUI imports torchvision for models not used here (Stable Cascade, Cosmos, ACE). PyPI's torchvision wheels
-    are CUDA builds that do not load against a CPU-only torch; then an empty stand-in takes its place."""
-    try:
-        import torchvision  # noqa: F401
-        return False
-    except Exception:  # noqa: BLE001 - RuntimeError (operator torchvision::nms does not exist) or ImportError
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-        tv = types.ModuleType("torchvision")
-        tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None, is_package=True)
-        tv.__path__ = []
-        for sub in ("transforms", "models", "ops", "io", "utils"):
-            mod = types.ModuleType(f"torchvision.{sub}")
-            mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None)
-            setattr(tv, sub, mod)
-            sys.modules[mod.__name__] = mod
-        sys.modules["torchvision"] = tv
-        return True
-
-
-torchvision_standin = _torchvision_standin()
+stood_in = stand_in_unloadable("torchvision")  # ComfyUI imports it for models not used here
 
 import comfy.options  # noqa: E402
 
@@ -192,7 +171,7 @@ def rel(tag):
     return float((a - b).norm() / b.norm())
 
 
-result = {"torchvision_standin": torchvision_standin}
+result = {"stood_in": stood_in}
 assert "arcattn" not in sys.modules
 run(prompt("stock"))  # ComfyUI's own attention: the reference
 result["host_function"] = attention.optimized_attention.__name__

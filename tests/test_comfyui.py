@@ -407,3 +407,28 @@ def test_settled_order_survives_comfyuis_first_sdpa_call():
     if run("plain") == fresh:
         pytest.skip(f"this torch and GPU choose backend {fresh} after such a call even unsettled: "
                     "settle_sdpa_order is not needed here")
+
+
+def test_unloadable_packages_stood_in_only_when_they_do_not_import():
+    """tests/unloadable.py (used by the real-host scripts): a package that imports is left alone; one that does not
+    gets an empty module with a spec and its usual submodules, so `from x.y import z`-style imports of unused
+    models still resolve their modules."""
+    import importlib.util
+    import os
+    import sys
+
+    spec = importlib.util.spec_from_file_location("unloadable", os.path.join(os.path.dirname(__file__), "unloadable.py"))
+    unloadable = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unloadable)
+    SUBMODULES, stand_in_unloadable = unloadable.SUBMODULES, unloadable.stand_in_unloadable
+    name = "arcattn_no_such_package"
+    SUBMODULES[name] = ("a", "a.b")
+    try:
+        assert stand_in_unloadable("json", name) == [name]
+        assert sys.modules["json"].__spec__.origin  # the real one
+        import arcattn_no_such_package.a.b as b  # noqa: F401
+        assert importlib.util.find_spec(name) is not None and sys.modules[name].a.b is b
+    finally:
+        SUBMODULES.pop(name)
+        for m in [m for m in sys.modules if m.startswith(name)]:
+            del sys.modules[m]
