@@ -20,7 +20,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from unloadable import stand_in_unloadable  # noqa: E402
 
-stood_in = stand_in_unloadable("torchvision")  # ComfyUI imports it for models not used here
+stood_in = stand_in_unloadable("torchvision", "av")  # ComfyUI imports them for models and video types not used here
 
 import comfy.options  # noqa: E402
 

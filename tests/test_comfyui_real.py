@@ -42,11 +42,11 @@ def test_real_workflow_through_comfyui_loader_validation_and_executor():
     """The arcattn folder loaded by ComfyUI's custom-node loader; prompts (model -> Arc Attention -> KSampler)
     validated and executed by ComfyUI's executor, as the UI's queue does (tests/real_comfyui_workflow.py)."""
     import importlib.util
-    missing = [m for m in ("einops", "torchsde", "transformers", "safetensors", "scipy", "PIL", "aiohttp", "yaml",
-                           "psutil", "tqdm") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("einops", "torchsde", "transformers", "safetensors", "scipy", "PIL", "yaml", "psutil",
+                           "tqdm") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"ComfyUI's nodes and executor need {', '.join(missing)} to import "
-                    f"(pip install -r {os.path.join(COMFY, 'requirements.txt')}, torch excluded)")
+                    f"(the packages of {os.path.join(COMFY, 'requirements.txt')} but torch, torchvision and torchaudio)")
     env = dict(os.environ)
     for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
         env.pop(name, None)
