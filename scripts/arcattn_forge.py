@@ -21,6 +21,23 @@ OPT_ENABLED = "arcattn_enabled"
 OPT_BACKEND = "arcattn_backend"
 INFOTEXT_KEY = "Arc Attention"
 
+
+
+def _console_logging() -> None:
+    """Forge adds no logging handler unless SD_WEBUI_LOG_LEVEL is set, and arcattn's library logger ends in a
+    NullHandler (which also silences Python's last-resort output): without a handler of its own here, no arcattn
+    line, warnings included, would ever reach a Forge console. Where Forge (or anyone) configured logging, the
+    lines go there instead."""
+    if logging.root.handlers or any(not isinstance(h, logging.NullHandler) for h in log.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[arcattn] %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+_console_logging()
 _loaded = False
 if os.environ.get("ARCATTN_FORGE", "1").strip().lower() in ("0", "false", "no", "off"):
     log.info("arcattn: ARCATTN_FORGE=%s, Forge extension not active", os.environ.get("ARCATTN_FORGE"))

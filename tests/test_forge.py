@@ -426,3 +426,29 @@ def test_script_switched_off_by_environment(host, monkeypatch):
     original = A.attention_function
     mod = _load_script()
     assert not mod._loaded and not _script_classes(mod) and A.attention_function is original
+
+
+def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(host, monkeypatch):
+    """Forge sets up no logging handler by default and arcattn's logger ends in a NullHandler: the script adds one
+    console handler then (once), and none where logging is configured (the lines go to the host's handlers)."""
+    import io
+    import logging
+    mod = _load_script()
+    lg = logging.getLogger("arcattn")
+    saved = (list(lg.handlers), lg.level)
+    try:
+        monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(io.StringIO())])
+        mod._console_logging()
+        assert [type(h) for h in lg.handlers] == [type(h) for h in saved[0]]  # configured: nothing added
+        monkeypatch.setattr(logging.root, "handlers", [])
+        mod._console_logging()
+        mod._console_logging()
+        added = [h for h in lg.handlers if h not in saved[0]]
+        assert len(added) == 1 and isinstance(added[0], logging.StreamHandler)
+        added[0].setStream(io.StringIO())
+        lg.warning("one fact")
+        assert added[0].stream.getvalue() == "[arcattn] WARNING one fact\n"
+        assert lg.getEffectiveLevel() <= logging.INFO
+    finally:
+        lg.handlers[:] = saved[0]
+        lg.setLevel(saved[1])

@@ -1,0 +1,62 @@
+"""Write an SD1.5 checkpoint with random weights, in the original single-file layout (UNet, CLIP-L text encoder,
+VAE), for real-host generations without a download. Built and saved by ComfyUI's own model classes and
+`comfy.sd.save_checkpoint`, so the keys are the ones every host's loader detects as SD1.5.
+
+    python tests/make_random_checkpoint.py COMFYUI_ROOT OUT.safetensors
+"""
+import os
+import sys
+
+comfy_root, out = sys.argv[1], os.path.abspath(sys.argv[2])
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, comfy_root)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unloadable import stand_in_unloadable  # noqa: E402
+
+stand_in_unloadable("torchvision", "av")
+import torch  # noqa: E402
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import comfy.cli_args  # noqa: E402,F401
+import comfy.ldm.models.autoencoder  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sd  # noqa: E402
+import comfy.supported_models  # noqa: E402
+
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             "use_temporal_attention": False, "use_temporal_resblock": False, "dtype": torch.float16}
+VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Small random weights (norm layers' scales near 1), so activations stay finite through every block."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.02
+            if "norm" in name and name.endswith("weight"):
+                noise += 1.0
+            p.copy_(noise.to(p.dtype))
+
+
+gen = torch.Generator().manual_seed(20261207)
+config = comfy.supported_models.SD15(SD15_UNET)
+model = config.get_model({}, device=torch.device("cpu"))
+randomize(model.diffusion_model, gen)
+patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+clip = comfy.sd.CLIP(target=config.clip_target({}), model_options={"dtype": torch.float16})
+randomize(clip.cond_stage_model, gen)
+
+vae_model = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
+randomize(vae_model, gen)
+vae = comfy.sd.VAE(sd={k: v.half() for k, v in vae_model.state_dict().items()})
+
+comfy.sd.save_checkpoint(out, patcher, clip=clip, vae=vae)
+print(out, os.path.getsize(out))
