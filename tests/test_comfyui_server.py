@@ -1,0 +1,158 @@
+"""A real ComfyUI server (its own main.py, custom-node loading, HTTP API, executor, SaveImage) with this folder as a
+custom node, generating from a real SD1.5 checkpoint file on the CPU: the workflow a user queues, with and without
+the Arc Attention node.
+
+Needs, and skips visibly without:
+- ARCATTN_COMFYUI_ROOT: a ComfyUI checkout;
+- ComfyUI's requirements in this Python (its requirements.txt, torch's family excepted: a torchvision or av that
+  does not load is stood in for, tests/unloadable.py), ARCATTN_COMFYUI_PYTHON to use another Python;
+- ARCATTN_SD15_CHECKPOINT: any SD1.5 single-file checkpoint; `tests/make_random_checkpoint.py` writes one with
+  random weights (2.3 GB).
+The checkout is not touched: the server runs with a temporary --base-directory whose custom_nodes/ links here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
+CKPT = os.environ.get("ARCATTN_SD15_CHECKPOINT")
+PY = os.environ.get("ARCATTN_COMFYUI_PYTHON") or sys.executable
+
+
+def _skip_reason():
+    if not COMFY:
+        return "ARCATTN_COMFYUI_ROOT is not set: no ComfyUI checkout for a real server"
+    if not CKPT or not os.path.exists(CKPT):
+        return ("ARCATTN_SD15_CHECKPOINT is not set to an SD1.5 checkpoint "
+                "(python tests/make_random_checkpoint.py COMFYUI_ROOT out.safetensors writes one)")
+    probe = subprocess.run([PY, "-c", "import comfyui_frontend_package, aiohttp, torchsde, transformers, PIL"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return (f"{PY} lacks ComfyUI's requirements ({probe.stderr.strip().splitlines()[-1]}); install "
+                "ComfyUI's requirements.txt but torch, torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy-base")
+    os.makedirs(base / "custom_nodes")
+    os.symlink(ROOT, base / "custom_nodes" / "arcattn")
+    os.makedirs(base / "models" / "checkpoints")
+    os.symlink(os.path.abspath(CKPT), base / "models" / "checkpoints" / os.path.basename(CKPT))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(base / "server.log", "w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k != "TRITON_INTERPRET"}
+    env["ARCATTN_CACHE_DIR"] = str(base / "arcattn-cache")
+    proc = subprocess.Popen([PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen",
+                             "127.0.0.1", "--port", str(port), "--base-directory", str(base),
+                             "--disable-auto-launch"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(url + "/object_info/KSampler", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    pytest.fail("ComfyUI did not start:\n" + open(base / "server.log").read()[-4000:])
+                time.sleep(1)
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _get(url):
+    return json.load(urllib.request.urlopen(url, timeout=60))
+
+
+def _queue(url, base, workflow: dict, timeout: float = 600) -> dict:
+    """POST /prompt as the UI's Queue button does; wait for /history; return the prompt's history entry."""
+    req = urllib.request.Request(url + "/prompt", data=json.dumps({"prompt": workflow}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        pid = json.load(urllib.request.urlopen(req, timeout=60))["prompt_id"]
+    except urllib.error.HTTPError as e:
+        return {"refused": json.loads(e.read())}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        h = _get(f"{url}/history/{pid}")
+        if pid in h and h[pid].get("status", {}).get("completed") is not None:
+            return h[pid]
+        time.sleep(0.5)
+    pytest.fail("prompt did not finish:\n" + open(base / "server.log").read()[-3000:])
+
+
+def _workflow(prefix: str, arc: dict | None = None) -> dict:
+    w = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(CKPT)}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red fox in the snow", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 1234, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+    if arc is not None:
+        w["10"] = {"class_type": "ArcAttention", "inputs": {"model": ["1", 0], **arc}}
+        w["5"]["inputs"]["model"] = ["10", 0]
+    return w
+
+
+def _image(base, entry):
+    import numpy as np
+    from PIL import Image
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    img = entry["outputs"]["7"]["images"][0]
+    path = os.path.join(base, "output", img["subfolder"], img["filename"])
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_node_listed_as_the_ui_sees_it(server):
+    url, _ = server
+    info = _get(url + "/object_info/ArcAttention")["ArcAttention"]
+    assert info["display_name"] == "Arc Attention" and info["category"] == "advanced/attention"
+    assert info["input"]["required"]["model"] == ["MODEL"] and info["output"] == ["MODEL"]
+    assert info["input"]["required"]["enabled"][0] == "BOOLEAN"
+    assert info["input"]["required"]["backend"][0][0] == "auto" and "sdpa" in info["input"]["required"]["backend"][0]
+
+
+def test_queued_workflows_with_and_without_the_node(server):
+    url, base = server
+    plain = _image(base, _queue(url, base, _workflow("plain")))  # no node: arcattn's global patch serves it
+    on = _image(base, _queue(url, base, _workflow("on", {"enabled": True, "backend": "auto"})))
+    off = _image(base, _queue(url, base, _workflow("off", {"enabled": False, "backend": "auto"})))  # ComfyUI's own
+    print("max |plain - off|", abs(plain - off).max(), "max |on - off|", abs(on - off).max(), "std", off.std())
+    assert off.std() > 5  # a real picture (random weights: noise, not a flat image), so the comparison means something
+    # on the CPU ComfyUI's own attention is sub-quadratic and arcattn's is SDPA: equal up to float rounding, which
+    # may move a pixel by a level after the VAE
+    assert abs(on - off).max() <= 2 and abs(plain - off).max() <= 2 and abs(on - plain).max() == 0
+    # an unknown backend is refused by ComfyUI's validation before anything runs, naming the choices
+    refused = _queue(url, base, _workflow("bad", {"enabled": True, "backend": "no-such-backend"}))
+    assert "refused" in refused and "no-such-backend" in json.dumps(refused["refused"])
+    text = open(base / "server.log").read()
+    assert "ComfyUI attention patched" in text, text[-3000:]  # arcattn's start-up line reaches ComfyUI's console
