@@ -428,6 +428,8 @@ def test_unloadable_packages_stood_in_only_when_they_do_not_import():
         assert sys.modules["json"].__spec__.origin  # the real one
         import arcattn_no_such_package.a.b as b  # noqa: F401
         assert importlib.util.find_spec(name) is not None and sys.modules[name].a.b is b
+        from arcattn_no_such_package.a import Thing
+        assert isinstance(Thing, type) and Thing.__name__ == "Thing" and not hasattr(b, "__version__")
     finally:
         SUBMODULES.pop(name)
         for m in [m for m in sys.modules if m.startswith(name)]:

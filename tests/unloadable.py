@@ -42,9 +42,21 @@ def stand_in_unloadable(*names: str) -> list:
 
 def _module(name: str, package: bool) -> types.ModuleType:
     """A module with a spec (transformers' availability checks call find_spec) and no distribution metadata,
-    so libraries that ask for the package's version treat it as absent."""
+    so libraries that ask for the package's version treat it as absent; any other name it is asked for is an
+    empty class."""
     mod = types.ModuleType(name)
     mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=package)
+
+    def placeholder(attr: str):
+        # `from av.container import InputContainer` (names used in annotations and isinstance checks): an empty
+        # class of that name; dunder lookups stay missing, so version and feature probes see no package
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        cls = type(attr, (), {"__module__": name})
+        setattr(mod, attr, cls)
+        return cls
+
+    mod.__getattr__ = placeholder
     if package:
         mod.__path__ = []
     sys.modules[name] = mod
