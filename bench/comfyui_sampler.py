@@ -155,19 +155,6 @@ def prompt(model: str, steps: int, seed: int, tag: str, variant: str, px: int) -
     return p
 
 
-class Server:
-    """What PromptExecutor needs of ComfyUI's PromptServer when no client is connected."""
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--comfyui", default=os.environ.get("ARCATTN_COMFYUI_ROOT"))
@@ -193,8 +180,8 @@ def main(argv=None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pixels = (lambda model: 64) if args.cpu_smoke else PIXELS.get
     captured = register_nodes(device, dtype)
-    executor = execution.PromptExecutor(Server())  # one executor, its cache keeps each model between prompts
-    counter = iter(range(10 ** 6))
+    import comfy_queue  # tests/, on the path since setup_comfyui
+    executor = execution.PromptExecutor(comfy_queue.Server())  # one executor: its cache keeps each model
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device_name}, torch {torch.__version__}, triton "
           f"{getattr(__import__('triton'), '__version__', '?')}, cuDNN {torch.backends.cudnn.version()}, "
@@ -209,17 +196,14 @@ def main(argv=None) -> int:
             comfyui.patch()
         tag = f"{model}-{variant}-{seed}"
         p = prompt(model, args.steps, seed, tag, variant, px=pixels(model))
-        pid = f"bench-{next(counter)}"
-        valid = asyncio.run(execution.validate_prompt(pid, p, None))
-        if not valid[0]:
-            raise RuntimeError(f"invalid prompt: {valid[1]} {valid[3]}")
+        pid, outputs, err = comfy_queue.validate(p)
+        if err is not None:
+            raise RuntimeError(f"invalid prompt: {err}")
         sync()
         t0 = time.perf_counter()
-        executor.execute(p, pid, {}, valid[2])
+        comfy_queue.execute(executor, p, pid, outputs)
         sync()
         dt = time.perf_counter() - t0
-        if not executor.success:
-            raise RuntimeError(f"prompt failed: {executor.status_messages[-1]}")
         return dt, captured.pop(tag)
 
     variants = ["host", "arcattn", "node"]

@@ -11,6 +11,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# helper modules beside the tests (host_process, unloadable, ...), importable by name under --import-mode=importlib
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
 
 # Without a GPU, Triton kernels run in the interpreter on CPU tensors. Triton reads this when a kernel is
 # defined, so it must be set before any arcattn kernel module is imported.

@@ -18,6 +18,7 @@ sys.path.insert(0, comfy_root)
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import comfy_queue  # noqa: E402
 from unloadable import stand_in_unloadable  # noqa: E402
 
 stood_in = stand_in_unloadable("torchvision", "av")  # ComfyUI imports them for models and video types not used here
@@ -135,34 +136,14 @@ def prompt(tag, arc=None):
     return p
 
 
-class Server:
-    """What PromptExecutor needs of ComfyUI's PromptServer when no client is connected."""
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-
-    def send_sync(self, *args, **kwargs):
-        pass
-
-    def queue_updated(self):
-        pass
-
-
-counter = iter(range(1000))
-
-
 def run(p):
     """Validate then execute, as the queue does; returns (arcattn's decisions of this prompt, validation error)."""
     import arcattn
-    pid = f"arcattn-{next(counter)}"
-    valid = asyncio.run(execution.validate_prompt(pid, p, None))
-    if not valid[0]:
-        return None, {"error": valid[1], "node_errors": valid[3]}
+    pid, outputs, err = comfy_queue.validate(p)
+    if err is not None:
+        return None, err
     arcattn.reset_telemetry() if "arcattn" in sys.modules else None
-    executor = execution.PromptExecutor(Server())  # fresh caches: every prompt samples again
-    executor.execute(p, pid, {}, valid[2])
-    if not executor.success:
-        raise RuntimeError(f"prompt failed: {executor.status_messages[-1]}")
+    comfy_queue.execute(execution.PromptExecutor(comfy_queue.Server()), p, pid, outputs)  # fresh caches: samples again
     return ([d for d in arcattn.get_router().decisions() if d["calls"] > 0] if "arcattn" in sys.modules else []), None
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from host_process import clean_env, free_port, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -53,35 +53,13 @@ def server(tmp_path_factory):
     os.symlink(ROOT, base / "custom_nodes" / "arcattn")
     os.makedirs(base / "models" / "checkpoints")
     os.symlink(os.path.abspath(CKPT), base / "models" / "checkpoints" / os.path.basename(CKPT))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(base / "server.log", "w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k != "TRITON_INTERPRET"}
-    env["ARCATTN_CACHE_DIR"] = str(base / "arcattn-cache")
-    proc = subprocess.Popen([PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen",
-                             "127.0.0.1", "--port", str(port), "--base-directory", str(base),
-                             "--disable-auto-launch"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(url + "/object_info/KSampler", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    pytest.fail("ComfyUI did not start:\n" + open(base / "server.log").read()[-4000:])
-                time.sleep(1)
+    cmd = [PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen", "127.0.0.1",
+           "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"]
+    with serving(cmd, None, clean_env(base / "arcattn-cache"), url + "/object_info/KSampler", base / "server.log",
+                 timeout=300):
         yield url, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _get(url):

@@ -15,13 +15,12 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from host_process import clean_env, free_port, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORGE = os.environ.get("ARCATTN_FORGE_ROOT")
@@ -52,35 +51,12 @@ def forge(tmp_path_factory):
     os.symlink(ROOT, data / "extensions" / "arcattn")
     os.makedirs(data / "models" / "Stable-diffusion")
     os.symlink(os.path.abspath(CKPT), data / "models" / "Stable-diffusion" / os.path.basename(CKPT))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(data / "forge.log", "w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k != "TRITON_INTERPRET"}
-    env["ARCATTN_CACHE_DIR"] = str(data / "arcattn-cache")
-    proc = subprocess.Popen([PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu",
-                             "--api", "--nowebui", "--port", str(port), "--data-dir", str(data)],
-                            cwd=FORGE, stdout=log, stderr=subprocess.STDOUT, env=env)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                urllib.request.urlopen(url + "/sdapi/v1/scripts", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    pytest.fail("Forge did not start:\n" + open(data / "forge.log").read()[-4000:])
-                time.sleep(2)
+    cmd = [PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
+           "--nowebui", "--port", str(port), "--data-dir", str(data)]
+    with serving(cmd, FORGE, clean_env(data / "arcattn-cache"), url + "/sdapi/v1/scripts", data / "forge.log"):
         yield url, data / "forge.log"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _get(url):

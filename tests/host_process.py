@@ -1,0 +1,51 @@
+"""A host's own server started for a test (tests/test_comfyui_server.py, tests/test_forge_generation.py): on a
+free port, its output in a log file, ready once a URL answers, stopped however the test ends."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(cache_dir) -> dict:
+    """The test's environment without arcattn's settings (the host must see the defaults a user has)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k != "TRITON_INTERPRET"}
+    env["ARCATTN_CACHE_DIR"] = str(cache_dir)
+    return env
+
+
+@contextlib.contextmanager
+def serving(cmd: list, cwd, env: dict, ready_url: str, log_path, timeout: float = 600):
+    """Start `cmd`, wait until `ready_url` answers, yield; fails the test with the log's tail if it never does."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(ready_url, timeout=5)
+                    break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    if proc.poll() is not None or time.time() > deadline:
+                        log.flush()
+                        pytest.fail(f"{cmd[1]} did not start:\n" + open(log_path).read()[-4000:])
+                    time.sleep(1)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
