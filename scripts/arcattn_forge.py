@@ -23,15 +23,32 @@ INFOTEXT_KEY = "Arc Attention"
 
 
 
+class _UnlessHostLogs(logging.Filter):
+    """Drops a line once the root logger has a handler (an extension calling logging.basicConfig after this
+    script loaded, say): from then on the line reaches the console through that handler, and only once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not logging.root.handlers
+
+
 def _console_logging() -> None:
-    """Forge adds no logging handler unless SD_WEBUI_LOG_LEVEL is set, and arcattn's library logger ends in a
-    NullHandler (which also silences Python's last-resort output): without a handler of its own here, no arcattn
-    line, warnings included, would ever reach a Forge console. Where Forge (or anyone) configured logging, the
-    lines go there instead."""
+    """Forge adds no logging handler unless SD_WEBUI_LOG_LEVEL (or --loglevel) is set, and arcattn's library
+    logger ends in a NullHandler (which also silences Python's last-resort output): without a handler of its own
+    here, no arcattn line, warnings included, would ever reach a Forge console. Where Forge (or anyone) configured
+    logging, the lines go there instead."""
     if logging.root.handlers or any(not isinstance(h, logging.NullHandler) for h in log.handlers):
         return
+    fmt = logging.Formatter("[arcattn] %(levelname)s %(message)s")
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[arcattn] %(levelname)s %(message)s"))
+    handler.setFormatter(fmt)
+    try:  # Forge's own wrapper writes through tqdm while a progress bar is on screen
+        from modules.logging_config import TqdmLoggingHandler
+        if TqdmLoggingHandler is not None:
+            handler = TqdmLoggingHandler(handler)
+            handler.setFormatter(fmt)
+    except Exception:  # noqa: BLE001 - forks without it: a plain console handler
+        pass
+    handler.addFilter(_UnlessHostLogs())
     log.addHandler(handler)
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)

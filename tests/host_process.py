@@ -19,11 +19,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+HOST_SETTINGS = ("TRITON_INTERPRET", "SD_WEBUI_LOG_LEVEL", "SD_WEBUI_RICH_LOG")
+
+
 def clean_env(cache_dir) -> dict:
-    """The test's environment without arcattn's settings (the host must see the defaults a user has)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k != "TRITON_INTERPRET"}
+    """The test's environment without arcattn's settings or a host's logging settings (the host must see the
+    defaults a user has)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k not in HOST_SETTINGS}
     env["ARCATTN_CACHE_DIR"] = str(cache_dir)
     return env
+
+
+def link(target, where) -> None:
+    """A symbolic link, or a visible skip where this system refuses them (Windows without the privilege)."""
+    try:
+        os.symlink(os.path.abspath(target), where, target_is_directory=os.path.isdir(target))
+    except OSError as e:
+        pytest.skip(f"cannot make a symbolic link here ({e}); the test links this folder into the host's")
 
 
 @contextlib.contextmanager

@@ -70,7 +70,8 @@ def test_real_workflow_through_comfyui_loader_validation_and_executor():
     assert r["node_off"] == {"rel_error": 0.0, "served": 0, "calls": [], "backends": []}
     assert r["source_has_override"] is False
     # arcattn failing on every call: the generation goes on with the host's attention, one log line
-    assert r["broken"]["error"] is None and r["broken"]["rel_error"] == 0.0
+    # (a prompt that failed to run would have stopped the script: returncode above)
+    assert r["broken"]["rel_error"] == 0.0
     assert len(r["broken"]["warnings"]) == 1 and "injected failure" in r["broken"]["warnings"][0]
     assert r["bogus_refused"] and "no-such-backend" in r["bogus_error"]
     assert r["restored"] == r["host_function"]

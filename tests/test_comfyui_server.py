@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, serving
+from host_process import clean_env, free_port, link, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -35,24 +35,29 @@ def _skip_reason():
     if not CKPT or not os.path.exists(CKPT):
         return ("ARCATTN_SD15_CHECKPOINT is not set to an SD1.5 checkpoint "
                 "(python tests/make_random_checkpoint.py COMFYUI_ROOT out.safetensors writes one)")
-    probe = subprocess.run([PY, "-c", "import comfyui_frontend_package, aiohttp, torchsde, transformers, PIL"],
-                           capture_output=True, text=True)
+    try:
+        probe = subprocess.run([PY, "-c", "import comfyui_frontend_package, aiohttp, torchsde, transformers, PIL"],
+                               capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot run {PY} ({e}); set ARCATTN_COMFYUI_PYTHON to a Python with ComfyUI's requirements"
     if probe.returncode:
-        return (f"{PY} lacks ComfyUI's requirements ({probe.stderr.strip().splitlines()[-1]}); install "
-                "ComfyUI's requirements.txt but torch, torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
+        why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+        return (f"{PY} lacks ComfyUI's requirements ({why}); install ComfyUI's requirements.txt but torch, "
+                "torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+SKIP = _skip_reason()
+pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
     os.makedirs(base / "custom_nodes")
-    os.symlink(ROOT, base / "custom_nodes" / "arcattn")
+    link(ROOT, base / "custom_nodes" / "arcattn")
     os.makedirs(base / "models" / "checkpoints")
-    os.symlink(os.path.abspath(CKPT), base / "models" / "checkpoints" / os.path.basename(CKPT))
+    link(CKPT, base / "models" / "checkpoints" / os.path.basename(CKPT))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen", "127.0.0.1",

@@ -313,6 +313,18 @@ def test_ldm_patched_layout(host, rng):
 
 
 # -- the extension script -----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _arcattn_logger_restored():
+    """Loading the script may give arcattn's logger a console handler (where the root has none): undone after
+    each test, so no test's lines leak into another's output."""
+    import logging
+    lg = logging.getLogger("arcattn")
+    saved = (list(lg.handlers), lg.level)
+    yield
+    lg.handlers[:] = saved[0]
+    lg.setLevel(saved[1])
+
+
 def _load_script():
     """As Forge's script_loading.load_module does: by path, module named after the file, not in sys.modules."""
     spec = importlib.util.spec_from_file_location(os.path.basename(SCRIPT), SCRIPT)
@@ -430,25 +442,29 @@ def test_script_switched_off_by_environment(host, monkeypatch):
 
 def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(host, monkeypatch):
     """Forge sets up no logging handler by default and arcattn's logger ends in a NullHandler: the script adds one
-    console handler then (once), and none where logging is configured (the lines go to the host's handlers)."""
+    console handler then (once), none where logging is configured, and its handler steps aside once the root logger
+    gets a handler later (no line printed twice)."""
     import io
     import logging
     mod = _load_script()
     lg = logging.getLogger("arcattn")
-    saved = (list(lg.handlers), lg.level)
-    try:
-        monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(io.StringIO())])
-        mod._console_logging()
-        assert [type(h) for h in lg.handlers] == [type(h) for h in saved[0]]  # configured: nothing added
-        monkeypatch.setattr(logging.root, "handlers", [])
-        mod._console_logging()
-        mod._console_logging()
-        added = [h for h in lg.handlers if h not in saved[0]]
-        assert len(added) == 1 and isinstance(added[0], logging.StreamHandler)
-        added[0].setStream(io.StringIO())
-        lg.warning("one fact")
-        assert added[0].stream.getvalue() == "[arcattn] WARNING one fact\n"
-        assert lg.getEffectiveLevel() <= logging.INFO
-    finally:
-        lg.handlers[:] = saved[0]
-        lg.setLevel(saved[1])
+    monkeypatch.setattr(lg, "handlers", [h for h in lg.handlers if isinstance(h, logging.NullHandler)])
+    monkeypatch.setattr(lg, "level", lg.level)
+    root_out = io.StringIO()
+    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
+    mod._console_logging()
+    assert all(isinstance(h, logging.NullHandler) for h in lg.handlers)  # configured: nothing added
+    monkeypatch.setattr(logging.root, "handlers", [])
+    mod._console_logging()
+    mod._console_logging()
+    added = [h for h in lg.handlers if not isinstance(h, logging.NullHandler)]
+    assert len(added) == 1
+    ours = io.StringIO()
+    (getattr(added[0], "fallback_handler", None) or added[0]).setStream(ours)
+    lg.warning("one fact")
+    assert ours.getvalue() == "[arcattn] WARNING one fact\n"
+    assert lg.getEffectiveLevel() <= logging.INFO
+    # another extension configures logging after the script loaded: the line goes through the root only
+    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
+    lg.warning("another fact")
+    assert ours.getvalue() == "[arcattn] WARNING one fact\n" and root_out.getvalue() == "another fact\n"

@@ -4,7 +4,7 @@ loader, txt2img/img2img processing and infotext), on the CPU.
 Needs, and skips visibly without:
 - ARCATTN_FORGE_ROOT: a Forge checkout, with its `repositories/` in place (huggingface_guess, BLIP, assets: what
   Forge's first launch clones);
-- ARCATTN_FORGE_PYTHON: a Python with Forge's requirements (default: the checkout's own venv/bin/python);
+- ARCATTN_FORGE_PYTHON: a Python with Forge's requirements (default: the checkout's own venv);
 - ARCATTN_SD15_CHECKPOINT: any SD1.5 single-file checkpoint; `tests/make_random_checkpoint.py` writes one with
   random weights (2.3 GB) from a ComfyUI checkout.
 The checkout is not touched: Forge runs with a temporary --data-dir whose extensions/ folder links to this one.
@@ -20,12 +20,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, serving
+from host_process import clean_env, free_port, link, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORGE = os.environ.get("ARCATTN_FORGE_ROOT")
 CKPT = os.environ.get("ARCATTN_SD15_CHECKPOINT")
-PY = os.environ.get("ARCATTN_FORGE_PYTHON") or (os.path.join(FORGE, "venv", "bin", "python") if FORGE else None)
+VENV_PYTHON = ("Scripts", "python.exe") if os.name == "nt" else ("bin", "python")
+PY = os.environ.get("ARCATTN_FORGE_PYTHON") or (os.path.join(FORGE, "venv", *VENV_PYTHON) if FORGE else None)
 
 
 def _skip_reason():
@@ -41,16 +42,17 @@ def _skip_reason():
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+SKIP = _skip_reason()
+pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 @pytest.fixture(scope="module")
 def forge(tmp_path_factory):
     data = tmp_path_factory.mktemp("forge-data")
     os.makedirs(data / "extensions")
-    os.symlink(ROOT, data / "extensions" / "arcattn")
+    link(ROOT, data / "extensions" / "arcattn")
     os.makedirs(data / "models" / "Stable-diffusion")
-    os.symlink(os.path.abspath(CKPT), data / "models" / "Stable-diffusion" / os.path.basename(CKPT))
+    link(CKPT, data / "models" / "Stable-diffusion" / os.path.basename(CKPT))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
