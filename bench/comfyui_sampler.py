@@ -175,6 +175,7 @@ def main(argv=None) -> int:
 
     import arcattn
     from arcattn.hosts import comfyui
+    from arcattn.reference import rel_error
 
     device, dtype = (torch.device("cpu"), torch.float32) if args.cpu_smoke else (torch.device("cuda"), torch.float16)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
                 dt, outs[v] = run(model, 1000 + r, v)
                 times[v].append(dt)
             for v in errors:
-                errors[v].append(float((outs[v].double() - outs["host"].double()).norm() / outs["host"].double().norm()))
+                errors[v].append(rel_error(outs[v], outs["host"]))
         host = statistics.median(times["host"])
         for v in variants:
             med = statistics.median(times[v])

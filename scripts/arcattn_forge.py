@@ -22,7 +22,6 @@ OPT_BACKEND = "arcattn_backend"
 INFOTEXT_KEY = "Arc Attention"
 
 
-
 class _UnlessHostLogs(logging.Filter):
     """Drops a line once the root logger has a handler (an extension calling logging.basicConfig after this
     script loaded, say): from then on the line reaches the console through that handler, and only once."""

@@ -11,6 +11,8 @@ comfy_root, out = sys.argv[1], os.path.abspath(sys.argv[2])
 sys.argv = [sys.argv[0], "--cpu"]
 sys.path.insert(0, comfy_root)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from comfyui_sampler import UNET_CONFIGS  # noqa: E402  (ComfyUI's SD1.5 config, as its loader builds it)
 from unloadable import stand_in_unloadable  # noqa: E402
 
 stand_in_unloadable("torchvision", "av")
@@ -25,12 +27,7 @@ import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
-SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-             "use_temporal_attention": False, "use_temporal_resblock": False, "dtype": torch.float16}
+SD15_UNET = {**UNET_CONFIGS["sd15"], "dtype": torch.float16}
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 

@@ -414,13 +414,9 @@ def test_unloadable_packages_stood_in_only_when_they_do_not_import():
     gets an empty module with a spec and its usual submodules, so `from x.y import z`-style imports of unused
     models still resolve their modules."""
     import importlib.util
-    import os
     import sys
 
-    spec = importlib.util.spec_from_file_location("unloadable", os.path.join(os.path.dirname(__file__), "unloadable.py"))
-    unloadable = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(unloadable)
-    SUBMODULES, stand_in_unloadable = unloadable.SUBMODULES, unloadable.stand_in_unloadable
+    from unloadable import SUBMODULES, stand_in_unloadable
     name = "arcattn_no_such_package"
     SUBMODULES[name] = ("a", "a.b")
     try:

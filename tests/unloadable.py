@@ -28,24 +28,24 @@ def stand_in_unloadable(*names: str) -> list:
             pass
         for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             del sys.modules[mod]
-        top = _module(name, package=True)
+        top = _module(name)
         for sub in SUBMODULES.get(name, ()):
             parent = top
             for i, part in enumerate(sub.split(".")):
                 full = ".".join([name, *sub.split(".")[:i + 1]])
-                mod = sys.modules.get(full) or _module(full, package=True)
+                mod = sys.modules.get(full) or _module(full)
                 setattr(parent, part, mod)
                 parent = mod
         stood_in.append(name)
     return stood_in
 
 
-def _module(name: str, package: bool) -> types.ModuleType:
-    """A module with a spec (transformers' availability checks call find_spec) and no distribution metadata,
+def _module(name: str) -> types.ModuleType:
+    """A package module with a spec (transformers' availability checks call find_spec) and no distribution metadata,
     so libraries that ask for the package's version treat it as absent; any other name it is asked for is an
     empty class."""
     mod = types.ModuleType(name)
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=package)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
 
     def placeholder(attr: str):
         # `from av.container import InputContainer` (names used in annotations and isinstance checks): an empty
@@ -57,7 +57,6 @@ def _module(name: str, package: bool) -> types.ModuleType:
         return cls
 
     mod.__getattr__ = placeholder
-    if package:
-        mod.__path__ = []
+    mod.__path__ = []
     sys.modules[name] = mod
     return mod
