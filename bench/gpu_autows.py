@@ -108,6 +108,8 @@ CONFIGS = [(128, 64, 8, 3, False), (128, 64, 8, 3, False, True), (128, 64, 4, 2,
            (256, 128, 4, 2, True, True), (128, 64, 4, 2, True)]
 
 
+if os.environ.get("AUTOWS_CONFIGS"):  # a JSON list of configs in place of the table above
+    CONFIGS = [tuple(c) for c in json.loads(os.environ["AUTOWS_CONFIGS"])]
 CHILD = os.environ.get("AUTOWS_CHILD")
 CHILD_CFG = tuple(json.loads(CHILD)) if CHILD else None
 
