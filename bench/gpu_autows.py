@@ -21,6 +21,9 @@ Outcome (visits 83-84, H100, torch 2.11, Triton 3.6; bench/RESULTS.md, fifteenth
 variant hung on the GPU, on both shapes. The plain variants ran right, behind cuDNN and the production kernel.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_autows.py > $OUT/autows.txt 2>&1
+
+`HopperWSBackend` (below) serves the same kernel to arcattn's router for `bench/unet.py --extra-backend
+gpu_autows:HopperWSBackend`; `bench/gpu_autows.sh` is the whole visit.
 """
 from __future__ import annotations
 
@@ -36,66 +39,118 @@ import triton.language as tl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from arcattn.backends.base import Backend  # noqa: E402
 OUT = Path(os.environ.get("OUT") or "/tmp/arcattn_out")
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _ws_fwd(qd, kd, vd, O, S, H, ROWS, qk_scale, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
+def _ws_fwd(qd, kd, vd, O, SQ, SK, H, B, qk_scale, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, WS: tl.constexpr, EVEN_N: tl.constexpr, ON_DEVICE: tl.constexpr):
     if ON_DEVICE:  # qd, kd, vd are the tensors' pointers: the descriptors are made here, in global scratch
-        qd = tl.make_tensor_descriptor(qd, shape=[ROWS, H * D], strides=[H * D, 1], block_shape=[BLOCK_M, DP])
-        kd = tl.make_tensor_descriptor(kd, shape=[ROWS, H * D], strides=[H * D, 1], block_shape=[BLOCK_N, DP])
-        vd = tl.make_tensor_descriptor(vd, shape=[ROWS, H * D], strides=[H * D, 1], block_shape=[BLOCK_N, DP])
+        qd = tl.make_tensor_descriptor(qd, shape=[B * SQ, H * D], strides=[H * D, 1], block_shape=[BLOCK_M, DP])
+        kd = tl.make_tensor_descriptor(kd, shape=[B * SK, H * D], strides=[H * D, 1], block_shape=[BLOCK_N, DP])
+        vd = tl.make_tensor_descriptor(vd, shape=[B * SK, H * D], strides=[H * D, 1], block_shape=[BLOCK_N, DP])
     bh = tl.program_id(1)
     b = bh // H
     col = (bh % H) * D
-    row0 = b * S + tl.program_id(0) * BLOCK_M
+    row0 = b * SQ + tl.program_id(0) * BLOCK_M
     q = qd.load([row0, col])
     if DP > D:  # the pad columns hold the next head (or zeros past the last): they must not reach the scores
         q = tl.where((tl.arange(0, DP) < D)[None, :], q, tl.zeros_like(q))
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DP], tl.float32)
-    for n in tl.range(0, S, BLOCK_N, warp_specialize=WS):
-        k = kd.load([b * S + n, col])
+    for n in tl.range(0, SK, BLOCK_N, warp_specialize=WS):
+        k = kd.load([b * SK + n, col])
         s = tl.dot(q, k.T)
         if not EVEN_N:  # keys past S (the next batch's rows, or zeros) count for nothing
-            s = tl.where((n + tl.arange(0, BLOCK_N) < S)[None, :], s, float("-inf"))
+            s = tl.where((n + tl.arange(0, BLOCK_N) < SK)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = vd.load([b * S + n, col])
+        v = vd.load([b * SK + n, col])
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     rows = row0 + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, DP)
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
-    keep = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M) < S)[:, None] & (cols < D)[None, :]
+    keep = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M) < SQ)[:, None] & (cols < D)[None, :]
     tl.store(O + rows[:, None] * (H * D) + (col + cols)[None, :], out, mask=keep)
 
 
-def ws_attention(q, k, v, out, H: int, cfg: tuple) -> None:
-    """q, k, v, out: (B, S, H*D) contiguous fp16. cfg: (BLOCK_M, BLOCK_N, warps, stages, warp_specialize,
-    descriptors made on the device). Host-made descriptors with warp specialisation hung on the H100 (visits
-    83-84); Triton's Hopper warp specialisation supports FA's data partitioning only with on-device ones
-    (triton-lang/triton PR 7658)."""
+def ws_attention(q, k, v, out, H: int, cfg: tuple, scale: float = None) -> None:
+    """q (B, Sq, H*D), k and v (B, Sk, H*D), out like q; all contiguous fp16 / bf16. cfg: (BLOCK_M, BLOCK_N,
+    warps, stages, warp_specialize[, descriptors made on the device]). Host-made descriptors with warp
+    specialisation hung on the H100 (visits 83-84); Triton's Hopper warp specialisation supports FA's data
+    partitioning only with on-device ones (triton-lang/triton PR 7658)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     bm, bn, warps, stages, ws = cfg[:5]
     on_device = len(cfg) > 5 and cfg[5]
-    B, S, HD = q.shape
+    B, Sq, HD = q.shape
+    Sk = k.shape[1]
     D = HD // H
     DP = triton.next_power_of_2(D)
     if on_device:
         qd, kd, vd = q, k, v
     else:
-        qd = TensorDescriptor.from_tensor(q.view(B * S, HD), [bm, DP])
-        kd = TensorDescriptor.from_tensor(k.view(B * S, HD), [bn, DP])
-        vd = TensorDescriptor.from_tensor(v.view(B * S, HD), [bn, DP])
-    _ws_fwd[(triton.cdiv(S, bm), B * H)](qd, kd, vd, out, S, H, B * S, D ** -0.5 * LOG2E, D=D, DP=DP, BLOCK_M=bm,
-                                         BLOCK_N=bn, WS=ws, EVEN_N=S % bn == 0, ON_DEVICE=on_device,
-                                         num_warps=warps, num_stages=stages)
+        qd = TensorDescriptor.from_tensor(q.view(B * Sq, HD), [bm, DP])
+        kd = TensorDescriptor.from_tensor(k.view(B * Sk, HD), [bn, DP])
+        vd = TensorDescriptor.from_tensor(v.view(B * Sk, HD), [bn, DP])
+    scale = D ** -0.5 if scale is None else scale
+    _ws_fwd[(triton.cdiv(Sq, bm), B * H)](qd, kd, vd, out, Sq, Sk, H, B, scale * LOG2E, D=D, DP=DP, BLOCK_M=bm,
+                                          BLOCK_N=bn, WS=ws, EVEN_N=Sk % bn == 0, ON_DEVICE=on_device,
+                                          num_warps=warps, num_stages=stages)
+
+
+class HopperWSBackend(Backend):
+    """This kernel as an arcattn backend, for `bench/unet.py --extra-backend gpu_autows:HopperWSBackend` (bench
+    only: it is not in arcattn's registry). It serves fp16 / bf16 calls in the hosts' (B, S, H*D) layout,
+    contiguous, in and out, with 16 <= D <= 128, no mask, not causal, on a Hopper GPU (or on the CPU in Triton's
+    interpreter). ARCATTN_WS_CONFIG="BLOCK_M,BLOCK_N,warps,stages" picks its tile (default 128,64,4,2); it is
+    always warp-specialised, with descriptors made on the device."""
+    name = "triton_ws"
+    description = "bench probe: Triton flash kernel with automatic warp specialisation (Hopper)"
+    device_types = ("cuda", "cpu")
+    dtypes = (torch.float16, torch.bfloat16)
+    max_head_dim = 128
+
+    def __init__(self):
+        c = os.environ.get("ARCATTN_WS_CONFIG", "128,64,4,2")
+        self.cfg = tuple(int(x) for x in c.split(",")) + (True, True)
+
+    def probe(self):
+        if not hasattr(tl, "make_tensor_descriptor"):
+            return f"Triton {triton.__version__} has no tl.make_tensor_descriptor"
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+            return "needs a Hopper GPU (compute capability 9.x)"
+        triton.set_allocator(_scratch)
+        return None
+
+    def extra_reasons(self, call):
+        reasons = []
+        if call.layout != "bsd" or call.out_layout != "bsd":
+            reasons.append("only the (B, S, H*D) layout, in and out")
+        elif not all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (call.q, call.k, call.v)):
+            reasons.append("q, k, v must be contiguous and 16-byte aligned")
+        if call.D < 16 or (call.H * call.D) % 8:
+            reasons.append("head dim < 16, or rows not a multiple of 16 bytes")
+        if (call.device.type == "cpu") != (os.environ.get("TRITON_INTERPRET") == "1"):
+            reasons.append("on the CPU only in Triton's interpreter; on a GPU only compiled")
+        return reasons
+
+    def run(self, call):
+        out = torch.empty(call.q.shape, dtype=call.dtype, device=call.device)
+        ws_attention(call.q, call.k, call.v, out, call.H, self.cfg, call.scale)
+        return out
+
+
+def _scratch(size: int, align: int, stream):
+    """Global scratch for descriptors made on the device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 SHAPES = [("sd15-512 in1 self", 8, 4096, 40), ("sdxl-1024 in2 self", 10, 4096, 64),
@@ -136,7 +191,7 @@ def main() -> int:
     from arcattn.kernels import flash
     from arcattn.reference import attention_reference_chunked, rel_error
     print(describe(torch.device("cuda")), "| triton", triton.__version__, flush=True)
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    triton.set_allocator(_scratch)
     OUT.mkdir(parents=True, exist_ok=True)
     only = os.environ.get("AUTOWS_SHAPES")
     batches = [int(x) for x in os.environ.get("AUTOWS_B", "1,2").split(",")]

@@ -319,6 +319,18 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_r
     served = {"arcattn": served_by(arcattn.get_router())}
     report("comfyui-sd15", B, variants, res, eager, graphs, outs, "host", served, rows)
 
+def add_backend(spec: str) -> None:
+    """Put a probe's backend into the process-wide router, before the fallback (bench only)."""
+    import importlib
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    module, cls = spec.split(":")
+    extra = getattr(importlib.import_module(module), cls)()
+    old = arcattn.get_router()
+    arcattn.set_router(arcattn.Router([b for b in old.backends if not b.is_fallback] + [extra, old.fallback],
+                                      chooser=old.chooser))
+    print(f"extra backend {extra.name}: {extra.unavailable_reason() or 'available'}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="sd15,sdxl")
@@ -328,11 +340,16 @@ def main(argv=None) -> int:
     p.add_argument("--graph-rounds", type=int, default=8, help="interleaved rounds of 10 CUDA-graph replays each")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--json", default=None)
+    p.add_argument("--extra-backend", default=None, metavar="MODULE:CLASS",
+                   help="a probe's backend (a module beside this script, e.g. gpu_autows:HopperWSBackend), added "
+                        "before the fallback; name it in --variants to force it; auto and priority consider it too")
     p.add_argument("--comfyui-channels", type=int, default=320, help="ComfyUI UNet width (320 = SD1.5; small for smoke tests)")
     args = p.parse_args(argv)
     device = default_device()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     print(describe(device), flush=True)
+    if args.extra_backend:
+        add_backend(args.extra_backend)
     rows = []
     available = {b.name for b in arcattn.get_router().backends if b.available()}
     variants = [v for v in args.variants.split(",") if v in ("stock", "none", "auto", "priority") or v in available]
