@@ -18,7 +18,9 @@ Each variant is checked against a float64 reference first (output poisoned with 
 each warp-specialised one runs in a child process that is killed after 30 s.
 
 Outcome (visits 83-84, H100, torch 2.11, Triton 3.6; bench/RESULTS.md, fifteenth session): every warp-specialised
-variant hung on the GPU, on both shapes. The plain variants ran right, behind cuDNN and the production kernel.
+variant that ran, all with descriptors made on the host, hung on the GPU, on both shapes. The plain variants ran
+right, behind cuDNN and the production kernel. The variants with descriptors made on the device have not run on a
+GPU.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_autows.py > $OUT/autows.txt 2>&1
 
@@ -155,9 +157,11 @@ def _scratch(size: int, align: int, stream):
 
 SHAPES = [("sd15-512 in1 self", 8, 4096, 40), ("sdxl-1024 in2 self", 10, 4096, 64),
           ("sdxl-1024 in3 self", 20, 1024, 64), ("sd15-512 in2 self", 8, 1024, 80),
-          ("sdxl 832x1216 in2 self (S not a multiple of 64)", 10, 3952, 64)]
+          ("sdxl 832x1216 in2 self (S not a multiple of 64)", 10, 3952, 64),
+          ("sd15-512 in1 cross (77 keys)", 8, 4096, 40, 77)]  # (name, H, Sq, D[, Sk])
 # (BLOCK_M, BLOCK_N, warps, stages, warp_specialize[, descriptors made on the device]); with warp
-# specialisation, warps are per partition. The last entry (host descriptors) is the one that hung in visit 84.
+# specialisation, warps are per partition. The last entry has host-made descriptors, like the variants that hung in
+# visits 83-84 (AUTOWS_NO_HOST_WS=1 leaves it out).
 CONFIGS = [(128, 64, 8, 3, False), (128, 64, 8, 3, False, True), (128, 64, 4, 2, True, True),
            (128, 64, 4, 3, True, True), (128, 128, 4, 2, True, True), (256, 64, 4, 2, True, True),
            (256, 128, 4, 2, True, True), (128, 64, 4, 2, True)]
@@ -175,8 +179,11 @@ def in_child(name: str, B: int, cfg: tuple, limit_s: float = 30.0) -> dict:
     env = dict(os.environ, AUTOWS_CHILD=json.dumps(list(cfg)), AUTOWS_SHAPES=name, AUTOWS_B=str(B))
     try:
         r = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        return dict(err=f"hung: killed after {limit_s:.0f} s")
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        when = ("after its first call (compiled, ran, checked): in the timing" if "FIRST_CALL_DONE" in out
+                else "before its first call returned (compilation or the kernel)")
+        return dict(err=f"hung: killed after {limit_s:.0f} s, {when}")
     for line in r.stdout.splitlines():
         if line.startswith("CHILD "):
             row = json.loads(line[6:])
@@ -196,13 +203,15 @@ def main() -> int:
     only = os.environ.get("AUTOWS_SHAPES")
     batches = [int(x) for x in os.environ.get("AUTOWS_B", "1,2").split(",")]
     rows = []
-    for name, H, S, D in SHAPES:
+    for name, H, S, D, *rest in SHAPES:
         if only and not any(x in name for x in only.split(",")):
             continue
+        Sk = rest[0] if rest else S
         for B in batches:
             g = torch.Generator(device="cuda").manual_seed(B * 1000 + H)
-            q, k, v = (torch.randn(B, S, H * D, device="cuda", generator=g, dtype=torch.float16) for _ in range(3))
-            view = lambda t: t.view(B, S, H, D).transpose(1, 2)  # noqa: E731  (the hosts' (B, H, S, D) view)
+            q = torch.randn(B, S, H * D, device="cuda", generator=g, dtype=torch.float16)
+            k, v = (torch.randn(B, Sk, H * D, device="cuda", generator=g, dtype=torch.float16) for _ in range(2))
+            view = lambda t: t.view(B, t.shape[1], H, D).transpose(1, 2)  # noqa: E731  (the hosts' (B, H, S, D) view)
             ref = attention_reference_chunked(view(q)[-1:, -2:], view(k)[-1:, -2:], view(v)[-1:, -2:],
                                               scale=D ** -0.5, budget_bytes=1 << 28)[0]
             fns, errs = {}, {}
@@ -215,6 +224,8 @@ def main() -> int:
                     torch.cuda.synchronize()
                     errs[label] = rel_error((view(out) if r is None else r)[-1:, -2:], ref)
                     print(f"  {label}: first call {time.time() - t0:.1f} s, err {errs[label]:.1e}", flush=True)
+                    if CHILD:
+                        print("FIRST_CALL_DONE", flush=True)
                     if errs[label] < 2e-3:
                         fns[label] = lambda: run(out)
                 except Exception as e:  # noqa: BLE001
@@ -251,7 +262,8 @@ def main() -> int:
             for lab in list(fns) + [x for x in errs if x not in fns]:
                 ts = [x for x in times.get(lab, []) if x]
                 best = min(ts) if ts else None
-                rows.append(dict(shape=name, H=H, S=S, D=D, B=B, label=lab, us=ts, best_us=best, err=errs.get(lab)))
+                rows.append(dict(shape=name, H=H, S=S, Sk=Sk, D=D, B=B, label=lab, us=ts, best_us=best,
+                                 err=errs.get(lab)))
                 ratio = f"  x{base / best:.3f} of cuDNN kernel" if base and best else ""
                 print(f"[{time.strftime('%H:%M:%S')}] {name} B={B} {lab}: "
                       + (f"{best:.1f} us ({', '.join(f'{x:.1f}' for x in ts)})" if best else "not timed")
