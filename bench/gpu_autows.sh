@@ -17,6 +17,7 @@ export PYTHONPATH="$PWD"
 export ARCATTN_CACHE_DIR=/tmp/arcattn-cache
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 AUTOWS_NO_HOST_WS=1 AUTOWS_B=${AUTOWS_B:-2} \
+  AUTOWS_CONFIGS=${AUTOWS_CONFIGS:-"[[128,64,8,3,false],[128,64,4,2,true,true],[128,64,4,3,true,true],[128,128,4,2,true,true],[256,64,4,2,true,true]]"} \
   AUTOWS_SHAPES=${AUTOWS_SHAPES:-"sd15-512 in1 self,sd15-512 in1 cross,sd15-512 in2 self,sdxl-1024 in3 self"} \
   timeout 300 python3 bench/gpu_autows.py 2>&1 | grep -v "first call" | tee "$OUT/autows.txt"
 echo "probe exit status ${PIPESTATUS[0]}" | tee -a "$OUT/autows.txt"
