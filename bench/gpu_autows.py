@@ -17,10 +17,11 @@ are zeroed so they add nothing to the scores, and the output's pad columns are n
 Each variant is checked against a float64 reference first (output poisoned with NaN) and timed only when right;
 each warp-specialised one runs in a child process that is killed after 30 s.
 
-Outcome (visits 83-84, H100, torch 2.11, Triton 3.6; bench/RESULTS.md, fifteenth session): every warp-specialised
-variant that ran, all with descriptors made on the host, hung on the GPU, on both shapes. The plain variants ran
-right, behind cuDNN and the production kernel. The variants with descriptors made on the device have not run on a
-GPU.
+Outcome (H100, torch 2.11, Triton 3.6; bench/RESULTS.md, fifteenth and sixteenth sessions): with descriptors made
+on the host every warp-specialised variant hung (visits 83-84). With descriptors made on the device none hung, but
+this kernel's form leaves the second 64 rows of every 128-row tile unwritten and the first 64 wrong (visits
+85-86); the tutorial form (below) is right at 2 stages, wrong at 3, and about 1.45x slower than the production
+kernel (visits 86-87). Not adopted. The plain variants run right, behind cuDNN and the production kernel.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_autows.py > $OUT/autows.txt 2>&1
 
@@ -48,7 +49,8 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _ws_fwd(qd, kd, vd, O, SQ, SK, H, B, qk_scale, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, WS: tl.constexpr, EVEN_N: tl.constexpr, ON_DEVICE: tl.constexpr):
+            BLOCK_N: tl.constexpr, WS: tl.constexpr, EVEN_N: tl.constexpr, ON_DEVICE: tl.constexpr,
+            TUTORIAL: tl.constexpr):
     if ON_DEVICE:  # qd, kd, vd are the tensors' pointers: the descriptors are made here, in global scratch
         qd = tl.make_tensor_descriptor(qd, shape=[B * SQ, H * D], strides=[H * D, 1], block_shape=[BLOCK_M, DP])
         kd = tl.make_tensor_descriptor(kd, shape=[B * SK, H * D], strides=[H * D, 1], block_shape=[BLOCK_N, DP])
@@ -73,26 +75,39 @@ def _ws_fwd(qd, kd, vd, O, SQ, SK, H, B, qk_scale, D: tl.constexpr, DP: tl.const
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = vd.load([b * SK + n, col])
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        if TUTORIAL:  # the rescale as its own step, as in Triton's fused-attention tutorial
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
-    rows = row0 + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, DP)
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
-    keep = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M) < SQ)[:, None] & (cols < D)[None, :]
-    tl.store(O + rows[:, None] * (H * D) + (col + cols)[None, :], out, mask=keep)
+    if TUTORIAL:  # whole tiles, D a power of two: the tutorial's descriptor store
+        od = tl.make_tensor_descriptor(O, shape=[B * SQ, H * D], strides=[H * D, 1], block_shape=[BLOCK_M, DP])
+        od.store([row0, col], out)
+    else:
+        rows = row0 + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, DP)
+        keep = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M) < SQ)[:, None] & (cols < D)[None, :]
+        tl.store(O + rows[:, None] * (H * D) + (col + cols)[None, :], out, mask=keep)
 
 
 def ws_attention(q, k, v, out, H: int, cfg: tuple, scale: float = None) -> None:
     """q (B, Sq, H*D), k and v (B, Sk, H*D), out like q; all contiguous fp16 / bf16. cfg: (BLOCK_M, BLOCK_N,
-    warps, stages, warp_specialize[, descriptors made on the device]). Host-made descriptors with warp
-    specialisation hung on the H100 (visits 83-84); Triton's Hopper warp specialisation supports FA's data
-    partitioning only with on-device ones (triton-lang/triton PR 7658)."""
+    warps, stages, warp_specialize[, descriptors made on the device[, tutorial form]]). Host-made descriptors
+    with warp specialisation hung on the H100 (visits 83-84); Triton's Hopper warp specialisation supports FA's data
+    partitioning only with on-device ones (triton-lang/triton PR 7658). The tutorial form (on-device descriptors
+    only) rescales the accumulator as its own step and stores through a descriptor, as Triton's fused-attention
+    tutorial does: it needs whole query tiles and a power-of-two D."""
     bm, bn, warps, stages, ws = cfg[:5]
     on_device = len(cfg) > 5 and cfg[5]
+    tutorial = len(cfg) > 6 and cfg[6]
     B, Sq, HD = q.shape
     Sk = k.shape[1]
     D = HD // H
     DP = triton.next_power_of_2(D)
+    if tutorial and not (on_device and Sq % bm == 0 and D == DP):
+        raise ValueError("the tutorial form needs on-device descriptors, whole query tiles and a power-of-two D")
     if on_device:
         qd, kd, vd = q, k, v
     else:
@@ -103,7 +118,7 @@ def ws_attention(q, k, v, out, H: int, cfg: tuple, scale: float = None) -> None:
     scale = D ** -0.5 if scale is None else scale
     _ws_fwd[(triton.cdiv(Sq, bm), B * H)](qd, kd, vd, out, Sq, Sk, H, B, scale * LOG2E, D=D, DP=DP, BLOCK_M=bm,
                                           BLOCK_N=bn, WS=ws, EVEN_N=Sk % bn == 0, ON_DEVICE=on_device,
-                                          num_warps=warps, num_stages=stages)
+                                          TUTORIAL=tutorial, num_warps=warps, num_stages=stages)
 
 
 class HopperWSBackend(Backend):
@@ -111,7 +126,8 @@ class HopperWSBackend(Backend):
     only: it is not in arcattn's registry). It serves fp16 / bf16 calls in the hosts' (B, S, H*D) layout,
     contiguous, in and out, with 16 <= D <= 128, no mask, not causal, on a Hopper GPU (or on the CPU in Triton's
     interpreter). ARCATTN_WS_CONFIG="BLOCK_M,BLOCK_N,warps,stages" picks its tile (default 128,64,4,2); it is
-    always warp-specialised, with descriptors made on the device."""
+    always warp-specialised, with descriptors made on the device, in the probe's own form: wrong on the H100 with
+    Triton 3.6 (visits 85-86), so `auto`'s check against SDPA would refuse it there."""
     name = "triton_ws"
     description = "bench probe: Triton flash kernel with automatic warp specialisation (Hopper)"
     device_types = ("cuda", "cpu")
@@ -159,12 +175,13 @@ SHAPES = [("sd15-512 in1 self", 8, 4096, 40), ("sdxl-1024 in2 self", 10, 4096, 6
           ("sdxl-1024 in3 self", 20, 1024, 64), ("sd15-512 in2 self", 8, 1024, 80),
           ("sdxl 832x1216 in2 self (S not a multiple of 64)", 10, 3952, 64),
           ("sd15-512 in1 cross (77 keys)", 8, 4096, 40, 77)]  # (name, H, Sq, D[, Sk])
-# (BLOCK_M, BLOCK_N, warps, stages, warp_specialize[, descriptors made on the device]); with warp
+# (BLOCK_M, BLOCK_N, warps, stages, warp_specialize[, descriptors made on the device[, tutorial form]]); with warp
 # specialisation, warps are per partition. The last entry has host-made descriptors, like the variants that hung in
 # visits 83-84 (AUTOWS_NO_HOST_WS=1 leaves it out).
-CONFIGS = [(128, 64, 8, 3, False), (128, 64, 8, 3, False, True), (128, 64, 4, 2, True, True),
-           (128, 64, 4, 3, True, True), (128, 128, 4, 2, True, True), (256, 64, 4, 2, True, True),
-           (256, 128, 4, 2, True, True), (128, 64, 4, 2, True)]
+CONFIGS = [(128, 64, 8, 3, False), (128, 64, 8, 3, False, True), (128, 64, 8, 3, False, True, True),
+           (128, 64, 4, 2, True, True), (128, 64, 4, 3, True, True), (128, 128, 4, 2, True, True),
+           (256, 64, 4, 2, True, True), (256, 128, 4, 2, True, True), (128, 64, 4, 2, True, True, True),
+           (128, 128, 4, 2, True, True, True), (128, 64, 4, 2, True)]
 
 
 if os.environ.get("AUTOWS_CONFIGS"):  # a JSON list of configs in place of the table above
@@ -187,8 +204,25 @@ def in_child(name: str, B: int, cfg: tuple, limit_s: float = 30.0) -> dict:
     for line in r.stdout.splitlines():
         if line.startswith("CHILD "):
             row = json.loads(line[6:])
-            return dict(us=row.get("us"), best_us=row.get("best_us"), err=row.get("err"))
+            return dict(us=row.get("us"), best_us=row.get("best_us"), err=row.get("err"), diag=row.get("diag"))
     return dict(err=f"rc {r.returncode}: {(r.stdout + r.stderr)[-400:]}")
+
+
+def diagnose(out4: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Where a wrong result is wrong. out4: the variant's (B, H, S, D) output, poisoned with NaN before the call;
+    ref: float64 reference for its last batch entry's last two heads. A data-partitioned kernel gives each of two
+    consumer warp groups 64 of a 128-row tile's query rows: `nan_by_64_rows` tells whether one group's rows are the
+    bad ones; `err_finite_rows` whether the rows it wrote are right."""
+    bad = torch.isnan(out4) | torch.isinf(out4)
+    rows_bad = bad.any(-1)  # (B, H, S)
+    half = (torch.arange(out4.shape[2], device=out4.device) // 64) % 2
+    ok = ~rows_bad[-1:, -2:, :, None]
+    part, ref = torch.where(ok, out4[-1:, -2:].double(), 0), torch.where(ok, ref, 0)
+    finite_err = ((part - ref).norm() / ref.norm()).item() if ok.any() else None
+    return dict(nan_frac=round(bad.float().mean().item(), 4), rows_bad_frac=round(rows_bad.float().mean().item(), 4),
+                nan_by_batch=[round(x, 3) for x in rows_bad.float().mean((1, 2)).tolist()],
+                nan_by_64_rows=[round(rows_bad[..., half == i].float().mean().item(), 3) for i in (0, 1)],
+                err_finite_rows=finite_err)
 
 
 def main() -> int:
@@ -214,7 +248,7 @@ def main() -> int:
             view = lambda t: t.view(B, t.shape[1], H, D).transpose(1, 2)  # noqa: E731  (the hosts' (B, H, S, D) view)
             ref = attention_reference_chunked(view(q)[-1:, -2:], view(k)[-1:, -2:], view(v)[-1:, -2:],
                                               scale=D ** -0.5, budget_bytes=1 << 28)[0]
-            fns, errs = {}, {}
+            fns, errs, diags = {}, {}, {}
 
             def check(label, run):
                 out = torch.full((B, S, H * D), float("nan"), device="cuda", dtype=torch.float16)
@@ -228,6 +262,9 @@ def main() -> int:
                         print("FIRST_CALL_DONE", flush=True)
                     if errs[label] < 2e-3:
                         fns[label] = lambda: run(out)
+                    elif r is None:
+                        diags[label] = diagnose(view(out), ref)
+                        print(f"  {label}: {diags[label]}", flush=True)
                 except Exception as e:  # noqa: BLE001
                     errs[label] = f"{type(e).__name__}: {str(e)[:300]}"
                     print(f"  {label}: {errs[label]}", flush=True)
@@ -243,6 +280,8 @@ def main() -> int:
             for cfg in CONFIGS:
                 if os.environ.get("AUTOWS_NO_HOST_WS") and cfg[4] and len(cfg) == 5:
                     continue  # host descriptors with warp specialisation: hung in visits 83-84
+                if len(cfg) > 6 and cfg[6] and (S % cfg[0] or D & (D - 1)):
+                    continue  # the tutorial form: whole query tiles and a power-of-two D only
                 if cfg[4] and not CHILD:
                     if sum("hung" in str(r.get("err")) for r in rows if r["shape"] == name) >= 2:
                         continue  # two hung variants on this shape: the rest would most likely hang too
@@ -261,7 +300,7 @@ def main() -> int:
                 ts = [x for x in times.get(lab, []) if x]
                 best = min(ts) if ts else None
                 rows.append(dict(shape=name, H=H, S=S, Sk=Sk, D=D, B=B, label=lab, us=ts, best_us=best,
-                                 err=errs.get(lab)))
+                                 err=errs.get(lab), diag=diags.get(lab)))
                 ratio = f"  x{base / best:.3f} of cuDNN kernel" if base and best else ""
                 print(f"[{time.strftime('%H:%M:%S')}] {name} B={B} {lab}: "
                       + (f"{best:.1f} us ({', '.join(f'{x:.1f}' for x in ts)})" if best else "not timed")

@@ -36,6 +36,7 @@ def _reference(q, k, v, H, scale):
     (2, 100, 100, 2, 40, (64, 32, 4, 2, True, True)),   # D padded to 64, partial key block and query tile
     (1, 64, 77, 3, 64, (64, 32, 4, 2, True, False)),    # cross-attention's 77 keys, host-made descriptors
     (2, 64, 77, 2, 40, (64, 32, 4, 2, True, True)),     # Sq != Sk over two batch entries: their row offsets
+    (2, 64, 96, 2, 32, (32, 32, 4, 2, True, True, True)),  # the tutorial form: descriptor store, 3 key blocks
 ])
 def test_kernel_matches_reference(B, Sq, Sk, H, D, cfg):
     g = torch.Generator().manual_seed(Sq + D)
@@ -44,6 +45,22 @@ def test_kernel_matches_reference(B, Sq, Sk, H, D, cfg):
     out = torch.full_like(q, float("nan"))
     gpu_autows.ws_attention(q, k, v, out, H, cfg, scale=0.2)
     assert rel_error(_heads(out, H), _reference(q, k, v, H, 0.2)) < 2e-3
+
+
+def test_tutorial_form_refuses_what_it_cannot_store():
+    q = torch.randn(1, 100, 2 * 40).half()
+    with pytest.raises(ValueError, match="tutorial form"):
+        gpu_autows.ws_attention(q, q, q, torch.empty_like(q), 2, (64, 32, 4, 2, True, True, True))
+
+
+def test_diagnose_names_the_bad_rows():
+    S, D = 256, 16
+    ref = torch.randn(1, 2, S, D, dtype=torch.float64)
+    out = ref.clone().float()
+    out[..., 64:128, :] = float("nan")  # the second 64 rows of the first 128-row tile
+    d = gpu_autows.diagnose(out, ref)
+    assert d["nan_by_64_rows"] == [0.0, 0.5] and d["rows_bad_frac"] == 0.25
+    assert d["err_finite_rows"] < 1e-6
 
 
 @pytest.fixture
