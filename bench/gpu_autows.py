@@ -92,6 +92,18 @@ def _ws_fwd(qd, kd, vd, O, SQ, SK, H, B, qk_scale, D: tl.constexpr, DP: tl.const
         tl.store(O + rows[:, None] * (H * D) + (col + cols)[None, :], out, mask=keep)
 
 
+def full_config(cfg: tuple) -> tuple:
+    """A config of 5 to 7 entries as all 7: (BLOCK_M, BLOCK_N, warps, stages, warp_specialize, descriptors made
+    on the device, tutorial form); the last two default to False."""
+    on_device, tutorial = (tuple(cfg[5:]) + (False, False))[:2]
+    return (*cfg[:5], bool(on_device), bool(tutorial))
+
+
+def tutorial_fits(block_m: int, Sq: int, D: int) -> bool:
+    """The tutorial form's descriptor store writes whole BLOCK_M x D tiles: whole query tiles, D a power of two."""
+    return Sq % block_m == 0 and D & (D - 1) == 0
+
+
 def ws_attention(q, k, v, out, H: int, cfg: tuple, scale: float = None) -> None:
     """q (B, Sq, H*D), k and v (B, Sk, H*D), out like q; all contiguous fp16 / bf16. cfg: (BLOCK_M, BLOCK_N,
     warps, stages, warp_specialize[, descriptors made on the device[, tutorial form]]). Host-made descriptors
@@ -99,14 +111,12 @@ def ws_attention(q, k, v, out, H: int, cfg: tuple, scale: float = None) -> None:
     partitioning only with on-device ones (triton-lang/triton PR 7658). The tutorial form (on-device descriptors
     only) rescales the accumulator as its own step and stores through a descriptor, as Triton's fused-attention
     tutorial does: it needs whole query tiles and a power-of-two D."""
-    bm, bn, warps, stages, ws = cfg[:5]
-    on_device = len(cfg) > 5 and cfg[5]
-    tutorial = len(cfg) > 6 and cfg[6]
+    bm, bn, warps, stages, ws, on_device, tutorial = full_config(cfg)
     B, Sq, HD = q.shape
     Sk = k.shape[1]
     D = HD // H
     DP = triton.next_power_of_2(D)
-    if tutorial and not (on_device and Sq % bm == 0 and D == DP):
+    if tutorial and not (on_device and tutorial_fits(bm, Sq, D)):
         raise ValueError("the tutorial form needs on-device descriptors, whole query tiles and a power-of-two D")
     if on_device:
         qd, kd, vd = q, k, v
@@ -278,11 +288,12 @@ def main() -> int:
                 check("arcattn triton (production)",
                       lambda out: (flash.flash_attention(view(q), view(k), view(v), out4=view(out)), None)[1])
             for cfg in CONFIGS:
-                if os.environ.get("AUTOWS_NO_HOST_WS") and cfg[4] and len(cfg) == 5:
+                bm, _, _, _, ws, on_device, tutorial = full_config(cfg)
+                if os.environ.get("AUTOWS_NO_HOST_WS") and ws and not on_device:
                     continue  # host descriptors with warp specialisation: hung in visits 83-84
-                if len(cfg) > 6 and cfg[6] and (S % cfg[0] or D & (D - 1)):
-                    continue  # the tutorial form: whole query tiles and a power-of-two D only
-                if cfg[4] and not CHILD:
+                if tutorial and not tutorial_fits(bm, S, D):
+                    continue
+                if ws and not CHILD:
                     if sum("hung" in str(r.get("err")) for r in rows if r["shape"] == name) >= 2:
                         continue  # two hung variants on this shape: the rest would most likely hang too
                     rows.append(dict(shape=name, B=B, label=f"autows {cfg}", **in_child(name, B, cfg)))

@@ -31,12 +31,12 @@ try:
     rows = json.load(open(sys.argv[1]))["rows"]
 except Exception:  # noqa: BLE001
     rows = []
-cfgs = {id(r): ast.literal_eval(r["label"][len("autows "):]) for r in rows if r["label"].startswith("autows (")}
-ws = [r for r in rows if id(r) in cfgs and cfgs[id(r)][4]]  # warp-specialised, any form
-ok = sorted((r for r in ws if r["shape"].startswith("sd15-512 in1 self") and r.get("best_us")
-             and cfgs[id(r)][5:] == (True,)), key=lambda r: r["best_us"])  # the form HopperWSBackend serves
-hung = any("hung" in str(r.get("err")) for r in ws)
-print(",".join(map(str, cfgs[id(ok[0])][:4])) if ok and not hung else "")
+ws = [(ast.literal_eval(r["label"][len("autows "):]), r) for r in rows if r["label"].startswith("autows (")]
+ws = [(c, r) for c, r in ws if c[4]]  # warp-specialised, any form
+ok = sorted(((c, r) for c, r in ws if r["shape"].startswith("sd15-512 in1 self") and r.get("best_us")
+             and c[5:] == (True,)), key=lambda cr: cr[1]["best_us"])  # the form HopperWSBackend serves
+hung = any("hung" in str(r.get("err")) for _, r in ws)
+print(",".join(map(str, ok[0][0][:4])) if ok and not hung else "")
 EOF
 )
 if [ -z "$best" ]; then
