@@ -3,6 +3,7 @@ free port, its output in a log file, ready once a URL answers, stopped however t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +37,19 @@ def link(target, where) -> None:
         os.symlink(os.path.abspath(target), where, target_is_directory=os.path.isdir(target))
     except OSError as e:
         pytest.skip(f"cannot make a symbolic link here ({e}); the test links this folder into the host's")
+
+
+def lay_out(base, plugin_dir: str, plugin, checkpoint_dir: str, checkpoint) -> None:
+    """A host's data folder as an install leaves it: `plugin` linked in as base/plugin_dir/arcattn, the checkpoint
+    linked into base/checkpoint_dir."""
+    os.makedirs(os.path.join(base, plugin_dir))
+    link(plugin, os.path.join(base, plugin_dir, "arcattn"))
+    os.makedirs(os.path.join(base, checkpoint_dir))
+    link(checkpoint, os.path.join(base, checkpoint_dir, os.path.basename(checkpoint)))
+
+
+def get_json(url: str):
+    return json.load(urllib.request.urlopen(url, timeout=60))
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, link, serving
+from host_process import clean_env, free_port, get_json, lay_out, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -54,10 +54,7 @@ pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
-    os.makedirs(base / "custom_nodes")
-    link(ROOT, base / "custom_nodes" / "arcattn")
-    os.makedirs(base / "models" / "checkpoints")
-    link(CKPT, base / "models" / "checkpoints" / os.path.basename(CKPT))
+    lay_out(base, "custom_nodes", ROOT, os.path.join("models", "checkpoints"), CKPT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen", "127.0.0.1",
@@ -65,10 +62,6 @@ def server(tmp_path_factory):
     with serving(cmd, None, clean_env(base / "arcattn-cache"), url + "/object_info/KSampler", base / "server.log",
                  timeout=300):
         yield url, base
-
-
-def _get(url):
-    return json.load(urllib.request.urlopen(url, timeout=60))
 
 
 def _queue(url, base, workflow: dict, timeout: float = 600) -> dict:
@@ -81,7 +74,7 @@ def _queue(url, base, workflow: dict, timeout: float = 600) -> dict:
         return {"refused": json.loads(e.read())}
     deadline = time.time() + timeout
     while time.time() < deadline:
-        h = _get(f"{url}/history/{pid}")
+        h = get_json(f"{url}/history/{pid}")
         if pid in h and h[pid].get("status", {}).get("completed") is not None:
             return h[pid]
         time.sleep(0.5)
@@ -117,7 +110,7 @@ def _image(base, entry):
 
 def test_node_listed_as_the_ui_sees_it(server):
     url, _ = server
-    info = _get(url + "/object_info/ArcAttention")["ArcAttention"]
+    info = get_json(url + "/object_info/ArcAttention")["ArcAttention"]
     assert info["display_name"] == "Arc Attention" and info["category"] == "advanced/attention"
     assert info["input"]["required"]["model"] == ["MODEL"] and info["output"] == ["MODEL"]
     assert info["input"]["required"]["enabled"][0] == "BOOLEAN"

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, link, serving
+from host_process import clean_env, free_port, get_json, lay_out, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORGE = os.environ.get("ARCATTN_FORGE_ROOT")
@@ -49,20 +49,13 @@ pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 @pytest.fixture(scope="module")
 def forge(tmp_path_factory):
     data = tmp_path_factory.mktemp("forge-data")
-    os.makedirs(data / "extensions")
-    link(ROOT, data / "extensions" / "arcattn")
-    os.makedirs(data / "models" / "Stable-diffusion")
-    link(CKPT, data / "models" / "Stable-diffusion" / os.path.basename(CKPT))
+    lay_out(data, "extensions", ROOT, os.path.join("models", "Stable-diffusion"), CKPT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
            "--nowebui", "--port", str(port), "--data-dir", str(data)]
     with serving(cmd, FORGE, clean_env(data / "arcattn-cache"), url + "/sdapi/v1/scripts", data / "forge.log"):
         yield url, data / "forge.log"
-
-
-def _get(url):
-    return json.load(urllib.request.urlopen(url, timeout=60))
 
 
 def _post(url, body):
@@ -85,9 +78,9 @@ def _txt2img(url, args=None, **kw):
 
 def test_extension_listed_with_its_accordion(forge):
     url, _ = forge
-    scripts = _get(url + "/sdapi/v1/scripts")
+    scripts = get_json(url + "/sdapi/v1/scripts")
     assert "arc attention" in scripts["txt2img"] and "arc attention" in scripts["img2img"]
-    ours = [s for s in _get(url + "/sdapi/v1/script-info") if s["name"] == "arc attention"]
+    ours = [s for s in get_json(url + "/sdapi/v1/script-info") if s["name"] == "arc attention"]
     assert len(ours) == 2 and all(s["is_alwayson"] for s in ours)
     labels = [a["label"] for a in ours[0]["args"]]
     assert labels == ["Arc Attention", "Backend"], labels
