@@ -20,7 +20,7 @@ each warp-specialised one runs in a child process that is killed after 30 s.
 Outcome (H100, torch 2.11, Triton 3.6; bench/RESULTS.md, fifteenth and sixteenth sessions): with descriptors made
 on the host every warp-specialised variant hung (visits 83-84). With descriptors made on the device none hung, but
 this kernel's form leaves the second 64 rows of every 128-row tile unwritten and the first 64 wrong (visits
-85-86); the tutorial form (below) is right at 2 stages, wrong at 3, and about 1.45x slower than the production
+85-86); the tutorial form (below) is right at 2 stages, wrong at 3, and about 1.47x slower than the production
 kernel (visits 86-87). Not adopted. The plain variants run right, behind cuDNN and the production kernel.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu_autows.py > $OUT/autows.txt 2>&1
