@@ -1,12 +1,17 @@
-"""A host's own server started for a test (tests/test_comfyui_server.py, tests/test_forge_generation.py): on a
-free port, its output in a log file, ready once a URL answers, stopped however the test ends."""
+"""A host's own server started for a test (tests/test_comfyui_server.py, tests/test_forge_generation.py, the
+install tests): on a free port, its output in a log file, ready once a URL answers, stopped however the test ends;
+and this folder served as a git repository, for the hosts' installers to clone."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,3 +80,40 @@ def serving(cmd: list, cwd, env: dict, ready_url: str, log_path, timeout: float 
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _git(*args, cwd) -> str:
+    return subprocess.run(["git", "-c", "user.name=arcattn-test", "-c", "user.email=test@localhost", *args],
+                          cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def served_as_git(folder, tmp):
+    """`folder`'s files (what git tracks there, and new files it does not ignore) committed to a scratch repository
+    and served over dumb HTTP on 127.0.0.1; yields its URL, which ends in /arcattn.git as a user's clone URL would."""
+    work = os.path.join(tmp, "work")
+    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=folder).split("\0")
+    for rel in filter(None, listed):
+        src = os.path.join(folder, rel)
+        if os.path.isfile(src):  # a tracked file deleted in the working tree is left out
+            os.makedirs(os.path.dirname(os.path.join(work, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(work, rel))
+    _git("init", "-q", cwd=work)
+    _git("add", "-A", cwd=work)
+    _git("commit", "-q", "-m", "arcattn under test", cwd=work)
+    bare = os.path.join(tmp, "srv", "arcattn.git")
+    _git("clone", "-q", "--bare", work, bare, cwd=tmp)
+    _git("update-server-info", cwd=bare)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=os.path.join(tmp, "srv")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/arcattn.git"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
