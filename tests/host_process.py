@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,22 @@ def clean_env(cache_dir) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCATTN_") and k not in HOST_SETTINGS}
     env["ARCATTN_CACHE_DIR"] = str(cache_dir)
     return env
+
+
+# install.py's last line when the plugin can serve (indented where an installer relays the output)
+INSTALL_READY = re.compile(r"^\s*arcattn \S+ ready", re.M)
+
+
+def import_problem(python: str, modules: str):
+    """Why `python` cannot import `modules` (comma-separated, as an import statement takes them), or None."""
+    try:
+        probe = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"cannot run {python} ({e})"
+    if probe.returncode:
+        why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
+        return f"{python} lacks them ({why})"
+    return None
 
 
 def link(target, where) -> None:

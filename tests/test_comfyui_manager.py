@@ -17,6 +17,7 @@ Manager clones. Nothing reaches the network: the Manager runs with network_mode 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,14 +28,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, get_json, served_as_git, serving
+from host_process import INSTALL_READY, clean_env, free_port, get_json, import_problem, served_as_git, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
 MANAGER = os.environ.get("ARCATTN_COMFYUI_MANAGER_ROOT")
 PY = os.environ.get("ARCATTN_COMFYUI_PYTHON") or sys.executable
-READY = re.compile(r"^\s*arcattn \S+ ready", re.M)  # install.py's last line when the plugin can serve (indented
-# by the Manager when it relays the output)
 
 
 def _skip_reason():
@@ -44,15 +43,11 @@ def _skip_reason():
         return "ARCATTN_COMFYUI_MANAGER_ROOT is not set to a ComfyUI-Manager checkout"
     if not shutil.which("git"):
         return "no git executable: the Manager clones with it"
-    try:
-        probe = subprocess.run([PY, "-c", "import comfyui_frontend_package, aiohttp, torchsde, transformers, PIL, "
-                                "git, typer, rich, toml, chardet, github"], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot run {PY} ({e}); set ARCATTN_COMFYUI_PYTHON"
-    if probe.returncode:
-        why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
-        return (f"{PY} lacks ComfyUI's or ComfyUI-Manager's requirements ({why}); install both requirements.txt "
-                "files but torch, torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
+    problem = import_problem(PY, "comfyui_frontend_package, aiohttp, torchsde, transformers, PIL, "
+                                 "git, typer, rich, toml, chardet, github")
+    if problem:
+        return (f"ComfyUI's and ComfyUI-Manager's requirements: {problem}; install both requirements.txt files "
+                "but torch, torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
     return None
 
 
@@ -60,14 +55,11 @@ SKIP = _skip_reason()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
-def _manager_source(rel: str) -> str:
-    with open(os.path.join(MANAGER, rel), encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
+@functools.lru_cache(maxsize=None)
 def _git_url_route() -> str:
     """The source of the Manager's "Install via Git URL" handler."""
-    text = _manager_source(os.path.join("glob", "manager_server.py"))
+    with open(os.path.join(MANAGER, "glob", "manager_server.py"), encoding="utf-8", errors="replace") as f:
+        text = f.read()
     start = text.index('"/customnode/install/git_url"')
     return text[start:text.find("@routes", start + 1)]
 
@@ -153,7 +145,7 @@ def test_manager_cli_installs_and_comfyui_loads(tmp_path, plugin_url):
     out = run.stdout + run.stderr
     print(out[-2000:])
     assert run.returncode == 0 and "[INSTALLED]" in out, out[-3000:]
-    assert READY.search(out), "install.py did not reach its ready line:\n" + out[-3000:]
+    assert INSTALL_READY.search(out), "install.py did not reach its ready line:\n" + out[-3000:]
     _check_installed(comfy, out)
     _check_loaded(comfy, tmp_path, "after.log")
 
@@ -168,15 +160,15 @@ def test_manager_install_via_git_url(tmp_path, plugin_url, lazy):
     assert status == 200, install_log[-3000:]
     _check_installed(comfy, install_log)
     # at once: install.py ran inside the request; lazy: it waits for the next start's prestartup
-    assert bool(READY.search(install_log)) != lazy, install_log[-3000:]
+    assert bool(INSTALL_READY.search(install_log)) != lazy, install_log[-3000:]
     after = _check_loaded(comfy, tmp_path, "after.log")
     if lazy and "Startup scripts blocked on old ComfyUI" in after:
         pytest.skip("this ComfyUI-Manager runs reserved install scripts only on a ComfyUI with protected system "
                     "folders, which this ComfyUI checkout predates: pair it with a Manager of its time (before V3.38)")
     if lazy:
-        assert READY.search(after), "the reserved install.py did not run at the next start:\n" + after[-3000:]
+        assert INSTALL_READY.search(after), "the reserved install.py did not run at the next start:\n" + after[-3000:]
         # the Manager runs reserved scripts before custom nodes load
-        assert READY.search(after).start() < after.index("ComfyUI attention patched")
+        assert INSTALL_READY.search(after).start() < after.index("ComfyUI attention patched")
 
 
 def test_manager_refuses_git_url_without_its_flag(tmp_path, plugin_url):

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, get_json, lay_out, serving
+from host_process import clean_env, free_port, get_json, import_problem, lay_out, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -35,15 +34,10 @@ def _skip_reason():
     if not CKPT or not os.path.exists(CKPT):
         return ("ARCATTN_SD15_CHECKPOINT is not set to an SD1.5 checkpoint "
                 "(python tests/make_random_checkpoint.py COMFYUI_ROOT out.safetensors writes one)")
-    try:
-        probe = subprocess.run([PY, "-c", "import comfyui_frontend_package, aiohttp, torchsde, transformers, PIL"],
-                               capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot run {PY} ({e}); set ARCATTN_COMFYUI_PYTHON to a Python with ComfyUI's requirements"
-    if probe.returncode:
-        why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
-        return (f"{PY} lacks ComfyUI's requirements ({why}); install ComfyUI's requirements.txt but torch, "
-                "torchvision and torchaudio, or set ARCATTN_COMFYUI_PYTHON")
+    problem = import_problem(PY, "comfyui_frontend_package, aiohttp, torchsde, transformers, PIL")
+    if problem:
+        return (f"ComfyUI's requirements: {problem}; install ComfyUI's requirements.txt but torch, torchvision and "
+                "torchaudio, or set ARCATTN_COMFYUI_PYTHON")
     return None
 
 

@@ -59,6 +59,15 @@ def host(name: str) -> tuple:
 FORGE, PY, SKIP = host("forge")
 
 
+def api_server(py: str, root: str, data, env: dict):
+    """(URL, context manager) of a host's own launcher serving its API on the CPU from the data folder `data`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
+           "--nowebui", "--port", str(port), "--data-dir", str(data)]
+    return url, serving(cmd, root, env, url + "/sdapi/v1/scripts", data / "forge.log")
+
+
 @pytest.fixture(scope="module", params=list(HOSTS))
 def forge(request, tmp_path_factory):
     root, py, skip = host(request.param)
@@ -68,11 +77,8 @@ def forge(request, tmp_path_factory):
     lay_out(data, "extensions", ROOT, os.path.join("models", "Stable-diffusion"), CKPT)
     # no live previews: reForge downloads their decoder at the first generation, and this machine is offline
     (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
-           "--nowebui", "--port", str(port), "--data-dir", str(data)]
-    with serving(cmd, root, clean_env(data / "arcattn-cache"), url + "/sdapi/v1/scripts", data / "forge.log"):
+    url, server = api_server(py, root, data, clean_env(data / "arcattn-cache"))
+    with server:
         yield url, data / "forge.log"
 
 

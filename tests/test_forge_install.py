@@ -10,16 +10,14 @@ touched: Forge runs with a temporary --data-dir. This folder's files are served 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 
 import pytest
-from host_process import clean_env, free_port, get_json, link, served_as_git, serving
-from test_forge_generation import CKPT, FORGE, PY, SKIP
+from host_process import INSTALL_READY, clean_env, get_json, link, served_as_git
+from test_forge_generation import CKPT, FORGE, PY, SKIP, api_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY = re.compile(r"^\s*arcattn \S+ ready", re.M)  # install.py's last line when the plugin can serve
 pytestmark = pytest.mark.skipif(SKIP is not None or not shutil.which("git"),
                                 reason=SKIP or "no git executable: Forge clones with it")
 
@@ -44,15 +42,12 @@ def test_install_from_url_then_launch(tmp_path):
     # install.py ran twice, to its ready line each time: at the install, then as a launch runs it (the second says
     # the check is unchanged)
     install, launch = out.split("forge_install.py: the launch's extension installer")
-    assert READY.search(install) and READY.search(launch), out[-3000:]
+    assert INSTALL_READY.search(install) and INSTALL_READY.search(launch), out[-3000:]
     assert "unchanged since" in launch, launch[-2000:]
     assert "Error running install.py" not in out, out[-3000:]
 
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    cmd = [PY, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
-           "--nowebui", "--port", str(port), "--data-dir", str(data)]
-    with serving(cmd, FORGE, env, api + "/sdapi/v1/scripts", data / "forge.log"):
+    api, server = api_server(PY, FORGE, data, env)
+    with server:
         scripts = get_json(api + "/sdapi/v1/scripts")
     assert "arc attention" in scripts["txt2img"] and "arc attention" in scripts["img2img"], scripts
     text = open(data / "forge.log").read()
