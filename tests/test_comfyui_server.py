@@ -93,11 +93,11 @@ def _workflow(prefix: str, arc: dict | None = None) -> dict:
     return w
 
 
-def _image(base, entry):
+def _image(base, entry, node: str = "7"):
     import numpy as np
     from PIL import Image
     assert entry["status"]["status_str"] == "success", entry["status"]
-    img = entry["outputs"]["7"]["images"][0]
+    img = entry["outputs"][node]["images"][0]
     path = os.path.join(base, "output", img["subfolder"], img["filename"])
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 

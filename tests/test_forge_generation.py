@@ -61,11 +61,23 @@ FORGE, PY, SKIP = host("forge")
 
 def api_server(py: str, root: str, data, env: dict):
     """(URL, context manager) of a host's own launcher serving its API on the CPU from the data folder `data`."""
+    return _launch(py, root, data, env, "/sdapi/v1/scripts", "--api", "--nowebui")
+
+
+def ui_server(py: str, root: str, data, env: dict):
+    """(URL, context manager) of a host's own launcher serving its web UI on the CPU from the data folder `data`.
+    Gradio serves files only from its allowed paths, which --data-dir moves from the checkout to `data`: the
+    checkout is added back, or the UI's own scripts (script.js, javascript/*.js) are refused and the page runs
+    without them."""
+    return _launch(py, root, data, env, "/", "--gradio-allowed-path", root)
+
+
+def _launch(py: str, root: str, data, env: dict, ready: str, *args: str):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", "--api",
-           "--nowebui", "--port", str(port), "--data-dir", str(data)]
-    return url, serving(cmd, root, env, url + "/sdapi/v1/scripts", data / "forge.log")
+    cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-version-check", "--always-cpu", *args,
+           "--port", str(port), "--data-dir", str(data)]
+    return url, serving(cmd, root, env, url + ready, data / "forge.log")
 
 
 @pytest.fixture(scope="module", params=list(HOSTS))
@@ -73,13 +85,19 @@ def forge(request, tmp_path_factory):
     root, py, skip = host(request.param)
     if skip:
         pytest.skip(skip)
-    data = tmp_path_factory.mktemp(f"{request.param}-data")
-    lay_out(data, "extensions", ROOT, os.path.join("models", "Stable-diffusion"), CKPT)
-    # no live previews: reForge downloads their decoder at the first generation, and this machine is offline
-    (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
+    data = data_folder(tmp_path_factory, request.param)
     url, server = api_server(py, root, data, clean_env(data / "arcattn-cache"))
     with server:
         yield url, data / "forge.log"
+
+
+def data_folder(tmp_path_factory, name: str):
+    """A host's --data-dir with this folder as an extension and the checkpoint."""
+    data = tmp_path_factory.mktemp(f"{name}-data")
+    lay_out(data, "extensions", ROOT, os.path.join("models", "Stable-diffusion"), CKPT)
+    # no live previews: reForge downloads their decoder at the first generation, and this machine is offline
+    (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
+    return data
 
 
 def _post(url, body):

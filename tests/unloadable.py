@@ -10,7 +10,7 @@ import sys
 import types
 
 SUBMODULES = {
-    "torchvision": ("transforms", "models", "ops", "io", "utils"),
+    "torchvision": ("transforms", "transforms.functional", "models", "ops", "io", "utils"),
     "av": ("container", "subtitles", "subtitles.stream", "video", "audio"),
     "scipy": ("stats", "integrate"),
 }

@@ -77,8 +77,8 @@ class TritonBackend(Backend):
         has_cuda = torch.cuda.is_available()
         has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
         if not (has_cuda or has_xpu):
-            return ("no CUDA or XPU device for Triton (it runs on the CPU only in its interpreter, "
-                    "TRITON_INTERPRET=1, a test tool)")
+            return ("no CUDA or XPU device for Triton; on the CPU it runs only in its interpreter "
+                    "(TRITON_INTERPRET=1, a test tool)")
         try:
             from triton.runtime import driver
             driver.active.get_current_target()
