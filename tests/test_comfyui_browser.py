@@ -1,23 +1,29 @@
-"""The Arc Attention node in ComfyUI's own web UI, used as a user uses it, in a headless Chromium: the default
-workflow loaded, the node found through the canvas's search box and added, wired between the checkpoint and the
-KSampler by dragging links, its toggle and backend list clicked, and the workflow run with the Run button.
+"""ComfyUI's own web UI used as a user uses it, in a headless Chromium:
+- the Arc Attention node: the default workflow loaded, the node found through the canvas's search box and added,
+  wired between the checkpoint and the KSampler by dragging links, its toggle and backend list clicked, and the
+  workflow run with the Run button;
+- ComfyUI-Manager's dialog: Manager > "Install via Git URL", this folder's URL typed in, Confirm, then the
+  RESTART button the Manager offers; after the restart the node is found by the search box.
 
 Needs, and skips visibly without: what tests/test_comfyui_server.py needs (a ComfyUI checkout, its requirements
-with comfyui_frontend_package, an SD1.5 checkpoint) and what tests/browser.py needs (playwright, Chromium).
+with comfyui_frontend_package, an SD1.5 checkpoint), for the install what tests/test_comfyui_manager.py needs
+(a ComfyUI-Manager checkout, its requirements, git), and what tests/browser.py needs (playwright, Chromium).
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from browser import page_at, skip_reason
-from host_process import get_json
+from host_process import INSTALL_READY, get_json, served_as_git
+from test_comfyui_manager import SKIP as MANAGER_SKIP
+from test_comfyui_manager import _check_installed, _comfy_with_manager, _server
+from test_comfyui_server import ROOT, _image
 from test_comfyui_server import SKIP as SERVER_SKIP
-from test_comfyui_server import _image
 from test_comfyui_server import server  # noqa: F401 - the fixture: this module's own ComfyUI server
 
-SKIP = SERVER_SKIP or skip_reason()
-pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+BROWSER_SKIP = skip_reason()
 
 # graph coordinates -> page pixels, through the canvas's pan and zoom
 TO_PAGE = """([x, y]) => { const ds = app.canvas.ds, r = app.canvasEl.getBoundingClientRect();
@@ -77,35 +83,47 @@ def _queued_arc(entry: dict) -> tuple:
         by_type["CheckpointLoaderSimple"][0]
 
 
+def _ready(page, errors: list) -> None:
+    """Wait for ComfyUI's app; drop the load's page errors (ComfyUI's frontend 1.27 throws one while loading, with
+    or without arcattn, seen here)."""
+    page.wait_for_function("() => window.app && app.graph && app.canvasEl", timeout=120_000)
+    page.wait_for_timeout(1500)
+    errors.clear()
+
+
+def _add_by_search(page) -> int:
+    """Add the node as a user does: double-click on empty canvas, type its name in the search box, Enter; the
+    result must show its category. Returns the node's id."""
+    search = page.get_by_placeholder("Search Nodes...")
+    for _ in range(5):
+        # the first visit's template gallery opens a moment after the page: closed whenever it is up
+        if page.locator(".p-dialog").count():
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(500)
+        page.mouse.dblclick(800, 850)
+        try:
+            search.wait_for(timeout=2000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: look again
+            continue
+    search.fill("Arc Attention")
+    option = page.get_by_role("option").filter(has_text="Arc Attention").first
+    option.wait_for(timeout=10_000)
+    assert "advanced > attention" in option.inner_text()
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    arc = page.evaluate("() => app.graph._nodes.find(n => n.type == 'ArcAttention')?.id ?? null")
+    assert arc is not None, "the search box did not add the node"
+    return arc
+
+
+@pytest.mark.skipif(bool(SERVER_SKIP or BROWSER_SKIP), reason=SERVER_SKIP or BROWSER_SKIP or "")
 def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
     url, base = server
     with page_at(url + "/", base) as (page, errors):
-        page.wait_for_function("() => window.app && app.graph && app.canvasEl", timeout=120_000)
-        page.wait_for_timeout(1500)
-        errors.clear()  # ComfyUI's frontend 1.27 throws one error while loading, with or without arcattn (seen here)
+        _ready(page, errors)
         page.evaluate("() => app.loadGraphData()")  # the default workflow, as Workflow > Load Default gives it
-
-        # found by name in the canvas's search box (double-click on empty canvas), with its category
-        search = page.get_by_placeholder("Search Nodes...")
-        for _ in range(5):
-            # the first visit's template gallery opens a moment after the page: closed whenever it is up
-            if page.locator(".p-dialog").count():
-                page.keyboard.press("Escape")
-                page.wait_for_timeout(500)
-            page.mouse.dblclick(800, 850)
-            try:
-                search.wait_for(timeout=2000)
-                break
-            except Exception:  # noqa: BLE001 - playwright's TimeoutError: look again
-                continue
-        search.fill("Arc Attention")
-        option = page.get_by_role("option").filter(has_text="Arc Attention").first
-        option.wait_for(timeout=10_000)
-        assert "advanced > attention" in option.inner_text()
-        page.keyboard.press("Enter")
-        page.wait_for_timeout(300)
-        arc = page.evaluate("() => app.graph._nodes.find(n => n.type == 'ArcAttention')?.id ?? null")
-        assert arc is not None, "the search box did not add the node"
+        arc = _add_by_search(page)
         assert _values(page, arc) == {"enabled": True, "backend": "auto"}
         assert page.evaluate(f"() => app.graph.getNodeById({arc}).widgets[0].type") == "toggle"
 
@@ -148,3 +166,59 @@ def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
     assert abs(on - off).max() <= 2 and abs(on - sdpa).max() == 0
     text = open(base / "server.log").read()
     assert "ComfyUI attention patched" in text, text[-3000:]
+
+
+def _restart_outcome(page, log_path, timeout: float = 300) -> str:
+    """'restarted' once ComfyUI has started a second time in its log (the Manager restarts it in place), or
+    'refused' when the Manager says it will not (V3.41 on a ComfyUI it finds outdated)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if open(log_path).read().count("To see the GUI go to") >= 2:
+            return "restarted"
+        if page.get_by_text("ComfyUI version is outdated").count():
+            return "refused"
+        time.sleep(1)
+    pytest.fail("ComfyUI did not start again after the Manager's restart:\n" + open(log_path).read()[-3000:])
+
+
+def _node_found_after_start(page, errors: list, log_text: str) -> None:
+    _ready(page, errors)
+    _add_by_search(page)
+    assert errors == [], errors
+    assert "ComfyUI attention patched" in log_text, log_text[-3000:]
+    assert not re.search(r"(?i)cannot import.*arcattn|IMPORT FAILED.*arcattn", log_text), log_text[-3000:]
+
+
+@pytest.mark.skipif(bool(MANAGER_SKIP or BROWSER_SKIP), reason=MANAGER_SKIP or BROWSER_SKIP or "")
+def test_manager_dialog_installs_and_restarts(tmp_path):
+    comfy = _comfy_with_manager(tmp_path, allow_git_url=True)  # README: what "Install via Git URL" needs
+    log = tmp_path / "server.log"
+    with served_as_git(ROOT, tmp_path / "served") as git_url:
+        url, running = _server(comfy, tmp_path, log.name)
+        with running, page_at(url + "/", tmp_path) as (page, errors):
+            _ready(page, errors)
+            page.keyboard.press("Escape")  # the template gallery, if it is up
+            page.locator("button:visible", has_text="Manager").first.click()
+            page.locator("button:visible", has_text="Install via Git URL").first.click()
+            ask = page.locator(".p-dialog", has_text="URL of the Git repository")
+            ask.locator("input").fill(git_url)
+            ask.locator("button", has_text="Confirm").click()
+            page.get_by_text(f"'{git_url}' is installed").wait_for(timeout=600_000)
+            installed_log = open(log).read()
+            _check_installed(comfy, installed_log)
+            assert INSTALL_READY.search(installed_log), installed_log[-3000:]
+
+            # the RESTART button of the Manager's message, and its "are you sure"
+            page.get_by_role("button", name="RESTART", exact=True).click()
+            page.locator(".p-dialog", has_text="reboot the server").get_by_role("button", name="Confirm").click()
+            outcome = _restart_outcome(page, log)
+            if outcome == "restarted":  # in place; the user reloads the page
+                get_json(url + "/object_info/ArcAttention")
+                page.reload()
+                _node_found_after_start(page, errors, open(log).read().split("To see the GUI go to")[1])
+    if outcome == "refused":
+        # the Manager refuses to restart a ComfyUI it finds outdated, and says to restart it: the user does
+        print("the Manager refused its restart (ComfyUI outdated for it): ComfyUI restarted by hand")
+        url, running = _server(comfy, tmp_path, "after.log")
+        with running, page_at(url + "/", tmp_path) as (page, errors):
+            _node_found_after_start(page, errors, open(tmp_path / "after.log").read())

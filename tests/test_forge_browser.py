@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import shutil
+import time
+import urllib.error
 import urllib.request
 
 import pytest
 from browser import page_at, skip_reason
-from host_process import clean_env
-from test_forge_generation import HOSTS, data_folder, host, ui_server
+from host_process import INSTALL_READY, clean_env, served_as_git
+from test_forge_generation import HOSTS, ROOT, data_folder, host, ui_server
 
 BROWSER_SKIP = skip_reason()
 ACCORDION = "#script_txt2img_arc_attention_arcattn"
@@ -30,6 +35,34 @@ def forge_ui(request, tmp_path_factory):
     url, server = ui_server(py, root, data, clean_env(data / "arcattn-cache"))
     with server:
         yield url, data
+
+
+def _small_generation(page) -> None:
+    """The prompt, a 128 px size, 2 steps and a fixed seed typed into txt2img."""
+    page.locator("#txt2img_prompt textarea").fill("a photo of a red fox in the snow")
+    for field, value in (("#txt2img_width", "128"), ("#txt2img_height", "128"), ("#txt2img_steps", "2")):
+        page.locator(f"{field} input[type=number]").fill(value)
+        page.locator(f"{field} input[type=number]").press("Enter")
+    page.locator("#txt2img_seed input").fill("1234")
+    page.locator("#txt2img_seed input").press("Enter")
+    page.wait_for_timeout(500)
+
+
+def _recorder(page) -> list:
+    """A list that fills with (fn_index, inputs) of each event the page sends."""
+    sent: list = []
+
+    def record(text):
+        # gradio 4 posts an event's inputs to /queue/join, gradio 3 sends them through the /queue/join websocket
+        try:
+            body = json.loads(text or "{}")
+        except (TypeError, ValueError):
+            return
+        if isinstance(body, dict) and "fn_index" in body and "data" in body:
+            sent.append((body["fn_index"], body["data"]))
+    page.on("request", lambda r: record(r.post_data) if r.method == "POST" and "/queue/join" in r.url else None)
+    page.on("websocket", lambda ws: ws.on("framesent", record))
+    return sent
 
 
 def _inputs_of(url: str) -> tuple:
@@ -67,19 +100,7 @@ def _generate(page, sent: list, url: str) -> tuple:
 def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
     url, data = forge_ui
     with page_at(url + "/", data) as (page, errors):
-        sent: list = []
-
-        def record(text):
-            # an event's inputs, named by its fn_index: gradio 4 posts them to /queue/join, gradio 3 sends them
-            # through the /queue/join websocket
-            try:
-                body = json.loads(text or "{}")
-            except (TypeError, ValueError):
-                return
-            if isinstance(body, dict) and "fn_index" in body and "data" in body:
-                sent.append((body["fn_index"], body["data"]))
-        page.on("request", lambda r: record(r.post_data) if r.method == "POST" and "/queue/join" in r.url else None)
-        page.on("websocket", lambda ws: ws.on("framesent", record))
+        sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
         page.wait_for_timeout(1000)
 
@@ -91,13 +112,7 @@ def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
         assert page.locator(f"{ACCORDION}_backend input[value=auto]").is_checked()
         assert "sdpa: available" in page.locator(ACCORDION).inner_text()
 
-        page.locator("#txt2img_prompt textarea").fill("a photo of a red fox in the snow")
-        for field, value in (("#txt2img_width", "128"), ("#txt2img_height", "128"), ("#txt2img_steps", "2")):
-            page.locator(f"{field} input[type=number]").fill(value)
-            page.locator(f"{field} input[type=number]").press("Enter")
-        page.locator("#txt2img_seed input").fill("1234")
-        page.locator("#txt2img_seed input").press("Enter")
-        page.wait_for_timeout(500)
+        _small_generation(page)
         # the forks' gradio 3.41 throws "reading 'props'" when the width or height changes, with or without
         # arcattn (seen here): errors are counted from here on, across the accordion's clicks and the generations
         errors.clear()
@@ -119,3 +134,66 @@ def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
     assert on.std() > 5  # a real picture (random weights give noise), so the comparison means something
     # Forge's own attention on the CPU is SDPA too: the same pixels
     assert abs(on - off).max() <= 1 and abs(on - sdpa).max() == 0
+
+
+def _tab(page, within: str, name: str) -> None:
+    """Click the tab named `name` among those of `within` (gradio 4 marks tabs with role=tab, gradio 3 does not)."""
+    page.locator(f"{within} button").filter(has_text=re.compile(rf"^\s*{re.escape(name)}\s*$")).first.click()
+
+
+def _down(url: str, timeout: float = 120) -> bool:
+    """Whether the server at `url` stops answering within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+        except (OSError, urllib.error.URLError):
+            return True
+        time.sleep(1)
+    return False
+
+
+@pytest.mark.parametrize("name", list(HOSTS))
+def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
+    """Extensions > Install from URL with this folder's git URL, Installed > "Apply and quit" (the label where no
+    launcher script waits to restart the process; webui.sh's loop makes it "Apply and restart UI"), the host
+    started again as a user does: the accordion is there and a generation records the backend."""
+    root, py, skip = host(name)
+    if skip or BROWSER_SKIP or not shutil.which("git"):
+        pytest.skip(skip or BROWSER_SKIP or "no git executable: the host clones with it")
+    data = data_folder(tmp_path_factory, name + "-install")
+    os.unlink(data / "extensions" / "arcattn")  # nothing installed yet
+    env = clean_env(data / "arcattn-cache")
+    with served_as_git(ROOT, tmp_path_factory.mktemp("served")) as git_url:
+        url, server = ui_server(py, root, data, env)
+        with server, page_at(url + "/", data) as (page, errors):
+            page.wait_for_selector("#txt2img_generate", timeout=300_000)
+            assert page.locator(ACCORDION).count() == 0
+            _tab(page, "#tabs", "Extensions")
+            _tab(page, "#tab_extensions", "Install from URL")
+            page.get_by_label("URL for extension's git repository").fill(git_url)
+            page.get_by_role("button", name="Install", exact=True).click()
+            result = page.locator("#extension_install_result").first
+            page.wait_for_function("() => (document.querySelector('#extension_install_result')?.innerText || '')"
+                                   ".includes('Installed into')", timeout=600_000)
+            assert str(data / "extensions" / "arcattn") in result.inner_text(), result.inner_text()
+            _tab(page, "#tab_extensions", "Installed")
+            table = page.locator("#extensions_installed_html").first
+            page.wait_for_function("() => (document.querySelector('#extensions_installed_html')?.innerText || '')"
+                                   ".includes('arcattn')", timeout=60_000)
+            assert git_url in table.inner_text()
+            page.get_by_role("button", name="Apply and quit").click()
+            assert _down(url + "/"), "the host did not quit after Apply and quit"
+            assert errors == [], errors
+    log = open(data / "forge.log").read()
+    assert INSTALL_READY.search(log), "install.py did not reach its ready line:\n" + log[-3000:]
+    assert not os.path.islink(data / "extensions" / "arcattn")  # the host's clone, not this folder
+
+    url, server = ui_server(py, root, data, env)  # the user starts the host again
+    with server, page_at(url + "/", data) as (page, errors):
+        sent = _recorder(page)
+        page.wait_for_selector("#txt2img_generate", timeout=300_000)
+        assert page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
+        _small_generation(page)
+        info, _, values = _generate(page, sent, url)
+        assert values == [True, "auto"] and "Arc Attention: sdpa" in info, (values, info)
