@@ -363,6 +363,9 @@ def test_script_ui_settings_and_infotext(host, rng):
     assert enabled.value is True and enabled.accordion.kwargs["label"] == "Arc Attention"
     assert backend.value == "auto" and backend.kwargs["choices"] == ["auto", *NAMES]
     assert any("sdpa: available" in (c.value or "") for c in enabled.accordion.children)
+    # the host's ui-config.json must not pin them: the settings page's defaults apply at every UI build
+    assert enabled.do_not_save_to_config is True and backend.do_not_save_to_config is True
+    assert enabled.accordion.do_not_save_to_config is True
 
     attn = _randomize(U.CrossAttention(query_dim=32, heads=2, dim_head=16), rng).eval()
     x = torch.randn(1, 20, 32, generator=rng)

@@ -197,3 +197,40 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
         _small_generation(page)
         info, _, values = _generate(page, sent, url)
         assert values == [True, "auto"] and "Arc Attention: sdpa" in info, (values, info)
+
+
+@pytest.mark.parametrize("name", list(HOSTS))
+def test_settings_page_sets_the_accordions_defaults(name, tmp_path_factory):
+    """Settings > Arc Attention: off by default and sdpa, Apply settings, Reload UI: the accordion starts off on
+    sdpa, and a generation runs with the host's own attention."""
+    root, py, skip = host(name)
+    if skip or BROWSER_SKIP:
+        pytest.skip(skip or BROWSER_SKIP)
+    data = data_folder(tmp_path_factory, name + "-settings")
+    url, server = ui_server(py, root, data, clean_env(data / "arcattn-cache"))
+    with server, page_at(url + "/", data) as (page, errors):
+        sent = _recorder(page)
+        page.wait_for_selector("#txt2img_generate", timeout=300_000)
+        errors.clear()
+        _tab(page, "#tabs", "Settings")
+        _tab(page, "#tab_settings", "Arc Attention")
+        enabled = page.locator("#setting_arcattn_enabled input[type=checkbox]").first
+        assert enabled.is_checked()
+        enabled.click()
+        page.locator("#setting_arcattn_backend label").filter(has_text=re.compile(r"^\s*sdpa\s*$")).first.click()
+        page.locator("#settings_submit").first.click()
+        page.wait_for_function("() => /arcattn_enabled/.test(document.querySelector('#settings_result')?.innerText)",
+                               timeout=60_000)
+        saved = json.loads((data / "config.json").read_text())
+        assert saved.get("arcattn_enabled") is False and saved.get("arcattn_backend") == "sdpa", saved
+
+        page.locator("#settings_restart_gradio").first.click()  # Reload UI: the page reloads itself when ready
+        page.wait_for_selector("#txt2img_generate", timeout=300_000)
+        page.wait_for_timeout(1000)
+        assert not page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
+        assert page.locator(f"{ACCORDION}_backend input[value=sdpa]").is_checked()
+        _small_generation(page)
+        errors.clear()  # the forks' size-field error (see above)
+        info, _, values = _generate(page, sent, url)
+        assert values == [False, "sdpa"] and "Arc Attention: off" in info, (values, info)
+        assert errors == [], errors
