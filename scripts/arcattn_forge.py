@@ -157,8 +157,9 @@ if _loaded:
                     gr.Markdown(_status_markdown())
             # the settings page is where these start from: kept out of the host's ui-config.json, which would
             # otherwise pin the first launch's values and override the settings at every later one
+            # (an InputAccordion's own accordion is saved apart; the older forks' plain checkbox has none)
             for component in (enabled, getattr(enabled, "accordion", None), backend):
-                if component is not None:  # an InputAccordion's own accordion is saved apart
+                if component is not None:
                     component.do_not_save_to_config = True
             # the infotext entry is a record, not a parameter: pasting it must not flip anyone's toggle
             return [enabled, backend]

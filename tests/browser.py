@@ -38,6 +38,11 @@ def skip_reason() -> str | None:
     return None
 
 
+def unexpected(errors: list, *known: str) -> list:
+    """The page errors other than those containing one of `known` (a host's own, seen with or without arcattn)."""
+    return [e for e in errors if not any(k in e for k in known)]
+
+
 @contextlib.contextmanager
 def page_at(url: str, shots_dir):
     """A page of a fresh headless Chromium opened at `url`; yields (page, errors), errors being the uncaught

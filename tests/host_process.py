@@ -26,7 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-HOST_SETTINGS = ("TRITON_INTERPRET", "SD_WEBUI_LOG_LEVEL", "SD_WEBUI_RICH_LOG")
+# SD_WEBUI_RESTART: set by Forge's webui.sh / webui.bat for their restart loop; a test's host has none
+HOST_SETTINGS = ("TRITON_INTERPRET", "SD_WEBUI_LOG_LEVEL", "SD_WEBUI_RICH_LOG", "SD_WEBUI_RESTART")
 
 
 def clean_env(cache_dir) -> dict:

@@ -11,19 +11,22 @@ with comfyui_frontend_package, an SD1.5 checkpoint), for the install what tests/
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 
 import pytest
-from browser import page_at, skip_reason
+from browser import page_at, skip_reason, unexpected
 from host_process import INSTALL_READY, get_json, served_as_git
 from test_comfyui_manager import SKIP as MANAGER_SKIP
 from test_comfyui_manager import _check_installed, _comfy_with_manager, _server
-from test_comfyui_server import ROOT, _image
+from test_comfyui_server import ROOT, _image, comfyui_serving
 from test_comfyui_server import SKIP as SERVER_SKIP
-from test_comfyui_server import server  # noqa: F401 - the fixture: this module's own ComfyUI server
 
 BROWSER_SKIP = skip_reason()
+# ComfyUI's frontend 1.27 throws this while loading, with or without arcattn (seen here)
+KNOWN_ERRORS = ("Cannot read properties of undefined (reading 'id')",)
 
 # graph coordinates -> page pixels, through the canvas's pan and zoom
 TO_PAGE = """([x, y]) => { const ds = app.canvas.ds, r = app.canvasEl.getBoundingClientRect();
@@ -61,15 +64,18 @@ def _set(page, node_type: str, values: dict) -> None:
         for (const w of n.widgets) if (w.name in values) w.value = values[w.name]; }""", [node_type, values])
 
 
-def _run(page, url: str, done: int, base) -> dict:
-    """Click Run; wait until the server's history holds `done` finished prompts; return the newest."""
-    page.locator("button:has-text('Run')").first.click()
+def _run(page, url: str, base) -> dict:
+    """Click Run; wait for the prompt it queued to finish; return its history entry."""
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as queued:
+        page.locator("button:has-text('Run')").first.click()
+    answer = queued.value.json()
+    assert "prompt_id" in answer, answer  # refused: ComfyUI's validation says why
+    prompt_id = answer["prompt_id"]
     deadline = time.time() + 600
     while time.time() < deadline:
-        history = get_json(url + "/history")
-        finished = [h for h in history.values() if h.get("status", {}).get("completed") is not None]
-        if len(finished) >= done:
-            return max(finished, key=lambda h: h["prompt"][0])
+        entry = get_json(f"{url}/history/{prompt_id}").get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            return entry
         time.sleep(0.5)
     pytest.fail("the queued workflow did not finish:\n" + open(base / "server.log").read()[-3000:])
 
@@ -83,46 +89,56 @@ def _queued_arc(entry: dict) -> tuple:
         by_type["CheckpointLoaderSimple"][0]
 
 
-def _ready(page, errors: list) -> None:
-    """Wait for ComfyUI's app; drop the load's page errors (ComfyUI's frontend 1.27 throws one while loading, with
-    or without arcattn, seen here)."""
+def _as_returning_user(user_dir) -> None:
+    """ComfyUI's user settings as after a first visit: no template gallery opening over the canvas, and no blank
+    workflow replacing the one the test loads, both of which a first visit starts a moment after the page."""
+    os.makedirs(user_dir / "default", exist_ok=True)
+    (user_dir / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+
+
+def _ready(page) -> None:
     page.wait_for_function("() => window.app && app.graph && app.canvasEl", timeout=120_000)
-    page.wait_for_timeout(1500)
-    errors.clear()
+
+
+def _load_default_workflow(page) -> None:
+    """The default workflow, as Workflow > Load Default gives it."""
+    page.evaluate("() => app.loadGraphData()")
+    page.wait_for_function("() => app.graph._nodes.some(n => n.type == 'CheckpointLoaderSimple')", timeout=30_000)
 
 
 def _add_by_search(page) -> int:
-    """Add the node as a user does: double-click on empty canvas, type its name in the search box, Enter; the
-    result must show its category. Returns the node's id."""
+    """Add the node as a user does: double-click on empty canvas (below the lowest node), type its name in the
+    search box, Enter; the result must show its category. Returns the node's id."""
+    below = page.evaluate("""() => { const ns = app.graph._nodes;
+        const x = ns.length ? Math.min(...ns.map(n => n.pos[0])) + 300 : 300;
+        const y = ns.length ? Math.max(...ns.map(n => n.pos[1] + n.size[1])) + 60 : 200;
+        return [x, y]; }""")
     search = page.get_by_placeholder("Search Nodes...")
-    for _ in range(5):
-        # the first visit's template gallery opens a moment after the page: closed whenever it is up
-        if page.locator(".p-dialog").count():
-            page.keyboard.press("Escape")
-            page.wait_for_timeout(500)
-        page.mouse.dblclick(800, 850)
-        try:
-            search.wait_for(timeout=2000)
-            break
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: look again
-            continue
+    page.mouse.dblclick(*page.evaluate(TO_PAGE, below))
+    search.wait_for(timeout=10_000)
     search.fill("Arc Attention")
     option = page.get_by_role("option").filter(has_text="Arc Attention").first
     option.wait_for(timeout=10_000)
     assert "advanced > attention" in option.inner_text()
     page.keyboard.press("Enter")
-    page.wait_for_timeout(300)
-    arc = page.evaluate("() => app.graph._nodes.find(n => n.type == 'ArcAttention')?.id ?? null")
-    assert arc is not None, "the search box did not add the node"
-    return arc
+    search.wait_for(state="hidden", timeout=10_000)  # until then the closing search box takes the mouse
+    page.wait_for_function("() => app.graph._nodes.some(n => n.type == 'ArcAttention')", timeout=10_000)
+    return page.evaluate("() => app.graph._nodes.find(n => n.type == 'ArcAttention').id")
+
+
+@pytest.fixture
+def comfyui(tmp_path):
+    _as_returning_user(tmp_path / "user")
+    with comfyui_serving(tmp_path) as url:
+        yield url, tmp_path
 
 
 @pytest.mark.skipif(bool(SERVER_SKIP or BROWSER_SKIP), reason=SERVER_SKIP or BROWSER_SKIP or "")
-def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
-    url, base = server
+def test_node_added_wired_toggled_and_run_from_the_web_ui(comfyui):
+    url, base = comfyui
     with page_at(url + "/", base) as (page, errors):
-        _ready(page, errors)
-        page.evaluate("() => app.loadGraphData()")  # the default workflow, as Workflow > Load Default gives it
+        _ready(page)
+        _load_default_workflow(page)
         arc = _add_by_search(page)
         assert _values(page, arc) == {"enabled": True, "backend": "auto"}
         assert page.evaluate(f"() => app.graph.getNodeById({arc}).widgets[0].type") == "toggle"
@@ -135,7 +151,7 @@ def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
         _set(page, "EmptyLatentImage", {"width": 128, "height": 128})
         _set(page, "KSampler", {"seed": 1234, "control_after_generate": "fixed", "steps": 2})
 
-        on_entry = _run(page, url, 1, base)
+        on_entry = _run(page, url, base)
         inputs, model, ckpt_id = _queued_arc(on_entry)
         assert inputs == {"model": [ckpt_id, 0], "enabled": True, "backend": "auto"}, inputs
         assert model == [str(arc), 0], model
@@ -143,7 +159,7 @@ def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
         # the toggle clicked off: ComfyUI's own attention
         page.mouse.click(*_widget(page, arc, "enabled", 30))
         assert _values(page, arc)["enabled"] is False
-        off_entry = _run(page, url, 2, base)
+        off_entry = _run(page, url, base)
         assert _queued_arc(off_entry)[0]["enabled"] is False
 
         # the backend picked from the list the widget opens, the toggle clicked on again
@@ -154,9 +170,9 @@ def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
         menu.filter(has_text="sdpa").click()
         page.mouse.click(*_widget(page, arc, "enabled", 30))
         assert _values(page, arc) == {"enabled": True, "backend": "sdpa"}
-        sdpa_entry = _run(page, url, 3, base)
+        sdpa_entry = _run(page, url, base)
         assert _queued_arc(sdpa_entry)[0] == {"model": [ckpt_id, 0], "enabled": True, "backend": "sdpa"}
-        assert errors == [], errors
+        assert unexpected(errors, *KNOWN_ERRORS) == [], errors
 
     save = next(i for i, n in on_entry["prompt"][2].items() if n["class_type"] == "SaveImage")
     on, off, sdpa = (_image(base, e, save) for e in (on_entry, off_entry, sdpa_entry))
@@ -169,11 +185,11 @@ def test_node_added_wired_toggled_and_run_from_the_web_ui(server):
 
 
 def _restart_outcome(page, log_path, timeout: float = 300) -> str:
-    """'restarted' once ComfyUI has started a second time in its log (the Manager restarts it in place), or
-    'refused' when the Manager says it will not (V3.41 on a ComfyUI it finds outdated)."""
+    """'restarted' once ComfyUI has started again in its log (the Manager restarts it in place), or 'refused' when
+    the Manager says it will not."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if open(log_path).read().count("To see the GUI go to") >= 2:
+        if "Restarting..." in open(log_path).read():
             return "restarted"
         if page.get_by_text("ComfyUI version is outdated").count():
             return "refused"
@@ -181,10 +197,13 @@ def _restart_outcome(page, log_path, timeout: float = 300) -> str:
     pytest.fail("ComfyUI did not start again after the Manager's restart:\n" + open(log_path).read()[-3000:])
 
 
-def _node_found_after_start(page, errors: list, log_text: str) -> None:
-    _ready(page, errors)
+def _node_found(page, errors: list, log_text: str) -> None:
+    """The node can be added from the search box of a ComfyUI that started with the installed folder."""
+    _ready(page)
     _add_by_search(page)
-    assert errors == [], errors
+    # "Failed to fetch": requests of the page's scripts that this offline machine refuses (the Manager's, seen
+    # with V3.37 after its restart), not a fault of the node
+    assert unexpected(errors, *KNOWN_ERRORS, "Failed to fetch") == [], errors
     assert "ComfyUI attention patched" in log_text, log_text[-3000:]
     assert not re.search(r"(?i)cannot import.*arcattn|IMPORT FAILED.*arcattn", log_text), log_text[-3000:]
 
@@ -192,12 +211,12 @@ def _node_found_after_start(page, errors: list, log_text: str) -> None:
 @pytest.mark.skipif(bool(MANAGER_SKIP or BROWSER_SKIP), reason=MANAGER_SKIP or BROWSER_SKIP or "")
 def test_manager_dialog_installs_and_restarts(tmp_path):
     comfy = _comfy_with_manager(tmp_path, allow_git_url=True)  # README: what "Install via Git URL" needs
+    _as_returning_user(comfy / "user")
     log = tmp_path / "server.log"
     with served_as_git(ROOT, tmp_path / "served") as git_url:
         url, running = _server(comfy, tmp_path, log.name)
         with running, page_at(url + "/", tmp_path) as (page, errors):
-            _ready(page, errors)
-            page.keyboard.press("Escape")  # the template gallery, if it is up
+            _ready(page)
             page.locator("button:visible", has_text="Manager").first.click()
             page.locator("button:visible", has_text="Install via Git URL").first.click()
             ask = page.locator(".p-dialog", has_text="URL of the Git repository")
@@ -208,17 +227,23 @@ def test_manager_dialog_installs_and_restarts(tmp_path):
             _check_installed(comfy, installed_log)
             assert INSTALL_READY.search(installed_log), installed_log[-3000:]
 
-            # the RESTART button of the Manager's message, and its "are you sure"
+            # the RESTART button of the Manager's message, and its "are you sure"; a Manager that declared this
+            # ComfyUI outdated at start-up (V3.41 on this ComfyUI) refuses, the others restart it in place
             page.get_by_role("button", name="RESTART", exact=True).click()
             page.locator(".p-dialog", has_text="reboot the server").get_by_role("button", name="Confirm").click()
             outcome = _restart_outcome(page, log)
-            if outcome == "restarted":  # in place; the user reloads the page
-                get_json(url + "/object_info/ArcAttention")
+            declared_outdated = "ComfyUI version is outdated" in installed_log
+            assert outcome == ("refused" if declared_outdated else "restarted"), outcome
+            if outcome == "restarted":  # the user reloads the page once ComfyUI is up again
+                deadline = time.time() + 300
+                while "To see the GUI go to" not in open(log).read().split("Restarting...")[-1]:
+                    assert time.time() < deadline, open(log).read()[-3000:]
+                    time.sleep(1)
+                assert "ArcAttention" in get_json(url + "/object_info/ArcAttention")
                 page.reload()
-                _node_found_after_start(page, errors, open(log).read().split("To see the GUI go to")[1])
-    if outcome == "refused":
-        # the Manager refuses to restart a ComfyUI it finds outdated, and says to restart it: the user does
+                _node_found(page, errors, open(log).read().split("Restarting...")[-1])
+    if outcome == "refused":  # the Manager's message says to restart ComfyUI: the user does
         print("the Manager refused its restart (ComfyUI outdated for it): ComfyUI restarted by hand")
         url, running = _server(comfy, tmp_path, "after.log")
         with running, page_at(url + "/", tmp_path) as (page, errors):
-            _node_found_after_start(page, errors, open(tmp_path / "after.log").read())
+            _node_found(page, errors, open(tmp_path / "after.log").read())

@@ -12,6 +12,7 @@ The checkout is not touched: the server runs with a temporary --base-directory w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,9 +46,10 @@ SKIP = _skip_reason()
 pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy-base")
+@contextlib.contextmanager
+def comfyui_serving(base):
+    """ComfyUI's own server on the CPU from the --base-directory `base`, with this folder as a custom node and the
+    checkpoint; yields its URL."""
     lay_out(base, "custom_nodes", ROOT, os.path.join("models", "checkpoints"), CKPT)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -55,6 +57,13 @@ def server(tmp_path_factory):
            "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"]
     with serving(cmd, None, clean_env(base / "arcattn-cache"), url + "/object_info/KSampler", base / "server.log",
                  timeout=300):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy-base")
+    with comfyui_serving(base) as url:
         yield url, base
 
 

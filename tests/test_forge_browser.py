@@ -18,15 +18,17 @@ import urllib.error
 import urllib.request
 
 import pytest
-from browser import page_at, skip_reason
+from browser import page_at, skip_reason, unexpected
 from host_process import INSTALL_READY, clean_env, served_as_git
 from test_forge_generation import HOSTS, ROOT, data_folder, host, ui_server
 
 BROWSER_SKIP = skip_reason()
 ACCORDION = "#script_txt2img_arc_attention_arcattn"
+# the forks' gradio 3.41 throws this when the width or height changes, with or without arcattn (seen here)
+KNOWN_ERRORS = ("Cannot read properties of undefined (reading 'props')",)
 
 
-@pytest.fixture(scope="module", params=list(HOSTS))
+@pytest.fixture(params=list(HOSTS))
 def forge_ui(request, tmp_path_factory):
     root, py, skip = host(request.param)
     if skip or BROWSER_SKIP:
@@ -80,15 +82,17 @@ def _generate(page, sent: list, url: str) -> tuple:
     import numpy as np
     from PIL import Image
     sent.clear()
-    shown = "() => document.querySelector('#txt2img_gallery img')?.getAttribute('src') ?? null"
+    # the saved picture, not a live preview (off in the test's data folder, but it would come first)
+    shown = "() => document.querySelector('#txt2img_gallery img:not(.livePreview img)')?.getAttribute('src') ?? null"
     before = page.evaluate(shown)
     page.click("#txt2img_generate")
-    # done when the gallery shows a new file (each generation saves one under a new name) with its infotext
+    # done when the gallery shows a new file (each generation saves one under a new name) and Generate is back
     page.wait_for_function(f"""(before) => ({shown})() !== before
-        && (document.querySelector('#html_info_txt2img')?.innerText || '').includes('Seed:')""",
-                           arg=before, timeout=600_000)
+        && document.querySelector('#txt2img_generate')?.offsetParent !== null""", arg=before, timeout=600_000)
     info = page.locator("#html_info_txt2img").first.inner_text()  # gradio 3 repeats the id inside
-    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    for typed in ("Steps: 2", "Size: 128x128", "Seed: 1234"):  # what _small_generation typed reached the host
+        assert typed in info, info
+    src = page.evaluate(shown)
     picture = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(src, timeout=60).read())).convert("RGB"))
     enabled_id, backend_id, events = _inputs_of(url)
     values = [(data[events[fn].index(enabled_id)], data[events[fn].index(backend_id)])
@@ -102,21 +106,18 @@ def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
     with page_at(url + "/", data) as (page, errors):
         sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
-        page.wait_for_timeout(1000)
 
-        # the accordion: its own checkbox in its header, on; the backend list, on auto; the status lines
+        # the accordion: its own checkbox in its header (made by the host's script once the UI has loaded), on;
+        # the backend list, on auto; the status lines
         checkbox = page.locator(f"{ACCORDION}-visible-checkbox")
-        assert checkbox.is_visible() and checkbox.is_checked()
+        checkbox.wait_for(state="visible", timeout=60_000)
+        assert checkbox.is_checked()
         radios = page.locator(f"{ACCORDION}_backend label")
         assert [t.strip() for t in radios.all_inner_texts()] == ["auto", "xmx", "triton", "sdpa"]
         assert page.locator(f"{ACCORDION}_backend input[value=auto]").is_checked()
         assert "sdpa: available" in page.locator(ACCORDION).inner_text()
 
         _small_generation(page)
-        # the forks' gradio 3.41 throws "reading 'props'" when the width or height changes, with or without
-        # arcattn (seen here): errors are counted from here on, across the accordion's clicks and the generations
-        errors.clear()
-
         info_on, on, sent_on = _generate(page, sent, url)
         assert sent_on == [True, "auto"] and "Arc Attention: sdpa" in info_on, (sent_on, info_on)
 
@@ -129,7 +130,7 @@ def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
         radios.filter(has_text="sdpa").click()
         info_sdpa, sdpa, sent_sdpa = _generate(page, sent, url)
         assert sent_sdpa == [True, "sdpa"] and "Arc Attention: sdpa" in info_sdpa, (sent_sdpa, info_sdpa)
-        assert errors == [], errors
+        assert unexpected(errors, *KNOWN_ERRORS) == [], errors
 
     assert on.std() > 5  # a real picture (random weights give noise), so the comparison means something
     # Forge's own attention on the CPU is SDPA too: the same pixels
@@ -147,6 +148,8 @@ def _down(url: str, timeout: float = 120) -> bool:
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url, timeout=5)
+        except urllib.error.HTTPError:
+            pass  # it answers, with an error: not down
         except (OSError, urllib.error.URLError):
             return True
         time.sleep(1)
@@ -184,7 +187,7 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
             assert git_url in table.inner_text()
             page.get_by_role("button", name="Apply and quit").click()
             assert _down(url + "/"), "the host did not quit after Apply and quit"
-            assert errors == [], errors
+            assert unexpected(errors, *KNOWN_ERRORS, "Failed to fetch") == [], errors  # fetches after it quit
     log = open(data / "forge.log").read()
     assert INSTALL_READY.search(log), "install.py did not reach its ready line:\n" + log[-3000:]
     assert not os.path.islink(data / "extensions" / "arcattn")  # the host's clone, not this folder
@@ -193,10 +196,12 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
     with server, page_at(url + "/", data) as (page, errors):
         sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
+        page.locator(f"{ACCORDION}-visible-checkbox").wait_for(state="visible", timeout=60_000)
         assert page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
         _small_generation(page)
         info, _, values = _generate(page, sent, url)
         assert values == [True, "auto"] and "Arc Attention: sdpa" in info, (values, info)
+        assert unexpected(errors, *KNOWN_ERRORS) == [], errors
 
 
 @pytest.mark.parametrize("name", list(HOSTS))
@@ -211,7 +216,6 @@ def test_settings_page_sets_the_accordions_defaults(name, tmp_path_factory):
     with server, page_at(url + "/", data) as (page, errors):
         sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
-        errors.clear()
         _tab(page, "#tabs", "Settings")
         _tab(page, "#tab_settings", "Arc Attention")
         enabled = page.locator("#setting_arcattn_enabled input[type=checkbox]").first
@@ -226,11 +230,11 @@ def test_settings_page_sets_the_accordions_defaults(name, tmp_path_factory):
 
         page.locator("#settings_restart_gradio").first.click()  # Reload UI: the page reloads itself when ready
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
-        page.wait_for_timeout(1000)
+        page.locator(f"{ACCORDION}-visible-checkbox").wait_for(state="visible", timeout=60_000)
         assert not page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
         assert page.locator(f"{ACCORDION}_backend input[value=sdpa]").is_checked()
         _small_generation(page)
-        errors.clear()  # the forks' size-field error (see above)
         info, _, values = _generate(page, sent, url)
         assert values == [False, "sdpa"] and "Arc Attention: off" in info, (values, info)
-        assert errors == [], errors
+        # while the UI reloads, the page's requests fail until the host answers again
+        assert unexpected(errors, *KNOWN_ERRORS, "Failed to fetch") == [], errors
