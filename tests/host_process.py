@@ -100,6 +100,18 @@ def serving(cmd: list, cwd, env: dict, ready_url: str, log_path, timeout: float 
                 proc.kill()
 
 
+def comfyui_server(python: str, checkout, base, log_name: str, *args: str):
+    """(URL, context manager) of ComfyUI's own server on the CPU from `checkout`, through tests/comfyui_server.py
+    (its stand-ins), its output in base/log_name; `args` go to main.py."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "comfyui_server.py"), str(checkout),
+           "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch", *args]
+    env = clean_env(os.path.join(base, "arcattn-cache"))
+    env.pop("COMFYUI_PATH", None)  # the Manager's command line reads it: the server is the checkout given here
+    return url, serving(cmd, None, env, url + "/object_info/KSampler", os.path.join(base, log_name), timeout=300)
+
+
 def _git(*args, cwd) -> str:
     return subprocess.run(["git", "-c", "user.name=arcattn-test", "-c", "user.email=test@localhost", *args],
                           cwd=cwd, check=True, capture_output=True, text=True).stdout

@@ -21,7 +21,7 @@ from browser import page_at, skip_reason, unexpected
 from host_process import INSTALL_READY, get_json, served_as_git
 from test_comfyui_manager import SKIP as MANAGER_SKIP
 from test_comfyui_manager import _check_installed, _comfy_with_manager, _server
-from test_comfyui_server import ROOT, _image, comfyui_serving
+from test_comfyui_server import ROOT, _image, comfyui_serving, finished
 from test_comfyui_server import SKIP as SERVER_SKIP
 
 BROWSER_SKIP = skip_reason()
@@ -70,14 +70,7 @@ def _run(page, url: str, base) -> dict:
         page.locator("button:has-text('Run')").first.click()
     answer = queued.value.json()
     assert "prompt_id" in answer, answer  # refused: ComfyUI's validation says why
-    prompt_id = answer["prompt_id"]
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        entry = get_json(f"{url}/history/{prompt_id}").get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            return entry
-        time.sleep(0.5)
-    pytest.fail("the queued workflow did not finish:\n" + open(base / "server.log").read()[-3000:])
+    return finished(url, base, answer["prompt_id"])
 
 
 def _queued_arc(entry: dict) -> tuple:

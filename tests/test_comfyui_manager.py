@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import INSTALL_READY, clean_env, free_port, get_json, import_problem, served_as_git, serving
+from host_process import INSTALL_READY, clean_env, comfyui_server, get_json, import_problem, served_as_git
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -93,13 +93,7 @@ def _comfy_with_manager(base, *, allow_git_url: bool, lazy: bool = False):
 
 
 def _server(comfy, base, log_name: str):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [PY, os.path.join(ROOT, "tests", "comfyui_server.py"), str(comfy), "--cpu", "--listen", "127.0.0.1",
-           "--port", str(port), "--disable-auto-launch"]
-    env = clean_env(base / "arcattn-cache")
-    env.pop("COMFYUI_PATH", None)
-    return url, serving(cmd, None, env, url + "/object_info/KSampler", base / log_name, timeout=300)
+    return comfyui_server(PY, comfy, base, log_name)
 
 
 def _post_git_url(url: str, git_url: str) -> int:

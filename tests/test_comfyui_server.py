@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from host_process import clean_env, free_port, get_json, import_problem, lay_out, serving
+from host_process import comfyui_server, get_json, import_problem, lay_out
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
@@ -51,12 +51,8 @@ def comfyui_serving(base):
     """ComfyUI's own server on the CPU from the --base-directory `base`, with this folder as a custom node and the
     checkpoint; yields its URL."""
     lay_out(base, "custom_nodes", ROOT, os.path.join("models", "checkpoints"), CKPT)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [PY, os.path.join(ROOT, "tests", "comfyui_server.py"), COMFY, "--cpu", "--listen", "127.0.0.1",
-           "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"]
-    with serving(cmd, None, clean_env(base / "arcattn-cache"), url + "/object_info/KSampler", base / "server.log",
-                 timeout=300):
+    url, running = comfyui_server(PY, COMFY, base, "server.log", "--base-directory", str(base))
+    with running:
         yield url
 
 
@@ -75,11 +71,16 @@ def _queue(url, base, workflow: dict, timeout: float = 600) -> dict:
         pid = json.load(urllib.request.urlopen(req, timeout=60))["prompt_id"]
     except urllib.error.HTTPError as e:
         return {"refused": json.loads(e.read())}
+    return finished(url, base, pid, timeout)
+
+
+def finished(url, base, prompt_id: str, timeout: float = 600) -> dict:
+    """Wait until ComfyUI's history has the queued prompt `prompt_id` completed; return its history entry."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        h = get_json(f"{url}/history/{pid}")
-        if pid in h and h[pid].get("status", {}).get("completed") is not None:
-            return h[pid]
+        h = get_json(f"{url}/history/{prompt_id}")
+        if prompt_id in h and h[prompt_id].get("status", {}).get("completed") is not None:
+            return h[prompt_id]
         time.sleep(0.5)
     pytest.fail("prompt did not finish:\n" + open(base / "server.log").read()[-3000:])
 

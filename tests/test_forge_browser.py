@@ -28,11 +28,26 @@ ACCORDION = "#script_txt2img_arc_attention_arcattn"
 KNOWN_ERRORS = ("Cannot read properties of undefined (reading 'props')",)
 
 
+def _usable(name: str, *needs: tuple) -> tuple:
+    """(checkout, Python) of the host `name`, or a visible skip: its own needs, the browser's, then each of
+    `needs`, a (missing, why) pair."""
+    root, py, skip = host(name)
+    why = skip or BROWSER_SKIP or next((reason for missing, reason in needs if missing), None)
+    if why:
+        pytest.skip(why)
+    return root, py
+
+
+def _accordion_checkbox(page):
+    """The accordion's own checkbox, once the host's script has put it in the header after the UI loaded."""
+    checkbox = page.locator(f"{ACCORDION}-visible-checkbox")
+    checkbox.wait_for(state="visible", timeout=60_000)
+    return checkbox
+
+
 @pytest.fixture(params=list(HOSTS))
 def forge_ui(request, tmp_path_factory):
-    root, py, skip = host(request.param)
-    if skip or BROWSER_SKIP:
-        pytest.skip(skip or BROWSER_SKIP)
+    root, py = _usable(request.param)
     data = data_folder(tmp_path_factory, request.param + "-ui")
     url, server = ui_server(py, root, data, clean_env(data / "arcattn-cache"))
     with server:
@@ -107,10 +122,8 @@ def test_accordion_toggled_and_backend_picked_in_the_web_ui(forge_ui):
         sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
 
-        # the accordion: its own checkbox in its header (made by the host's script once the UI has loaded), on;
-        # the backend list, on auto; the status lines
-        checkbox = page.locator(f"{ACCORDION}-visible-checkbox")
-        checkbox.wait_for(state="visible", timeout=60_000)
+        # the accordion: its own checkbox in its header, on; the backend list, on auto; the status lines
+        checkbox = _accordion_checkbox(page)
         assert checkbox.is_checked()
         radios = page.locator(f"{ACCORDION}_backend label")
         assert [t.strip() for t in radios.all_inner_texts()] == ["auto", "xmx", "triton", "sdpa"]
@@ -161,9 +174,7 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
     """Extensions > Install from URL with this folder's git URL, Installed > "Apply and quit" (the label where no
     launcher script waits to restart the process; webui.sh's loop makes it "Apply and restart UI"), the host
     started again as a user does: the accordion is there and a generation records the backend."""
-    root, py, skip = host(name)
-    if skip or BROWSER_SKIP or not shutil.which("git"):
-        pytest.skip(skip or BROWSER_SKIP or "no git executable: the host clones with it")
+    root, py = _usable(name, (not shutil.which("git"), "no git executable: the host clones with it"))
     data = data_folder(tmp_path_factory, name + "-install")
     os.unlink(data / "extensions" / "arcattn")  # nothing installed yet
     env = clean_env(data / "arcattn-cache")
@@ -196,8 +207,7 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
     with server, page_at(url + "/", data) as (page, errors):
         sent = _recorder(page)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
-        page.locator(f"{ACCORDION}-visible-checkbox").wait_for(state="visible", timeout=60_000)
-        assert page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
+        assert _accordion_checkbox(page).is_checked()
         _small_generation(page)
         info, _, values = _generate(page, sent, url)
         assert values == [True, "auto"] and "Arc Attention: sdpa" in info, (values, info)
@@ -208,9 +218,7 @@ def test_install_from_url_in_the_web_ui_then_restart(name, tmp_path_factory):
 def test_settings_page_sets_the_accordions_defaults(name, tmp_path_factory):
     """Settings > Arc Attention: off by default and sdpa, Apply settings, Reload UI: the accordion starts off on
     sdpa, and a generation runs with the host's own attention."""
-    root, py, skip = host(name)
-    if skip or BROWSER_SKIP:
-        pytest.skip(skip or BROWSER_SKIP)
+    root, py = _usable(name)
     data = data_folder(tmp_path_factory, name + "-settings")
     url, server = ui_server(py, root, data, clean_env(data / "arcattn-cache"))
     with server, page_at(url + "/", data) as (page, errors):
@@ -230,8 +238,7 @@ def test_settings_page_sets_the_accordions_defaults(name, tmp_path_factory):
 
         page.locator("#settings_restart_gradio").first.click()  # Reload UI: the page reloads itself when ready
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
-        page.locator(f"{ACCORDION}-visible-checkbox").wait_for(state="visible", timeout=60_000)
-        assert not page.locator(f"{ACCORDION}-visible-checkbox").is_checked()
+        assert not _accordion_checkbox(page).is_checked()
         assert page.locator(f"{ACCORDION}_backend input[value=sdpa]").is_checked()
         _small_generation(page)
         info, _, values = _generate(page, sent, url)
