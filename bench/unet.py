@@ -6,7 +6,8 @@ stock (diffusers' AttnProcessor2_0), "none" (the same step with the attention pr
 (measured policy), arcattn priority, and each backend forced; interleaved round by round. Attention time per
 step = step(variant) - step(none): eager (what a host sees, launch costs included) and, on CUDA, from CUDA-graph
 replays (device time alone). With ARCATTN_COMFYUI_ROOT set, ComfyUI's own UNetModel (SD1.5 layout) too, the
-same way: ComfyUI's attention function, none, and arcattn patched in.
+same way: ComfyUI's attention function, none, and arcattn patched in; with ARCATTN_FORGE_ROOT set, Forge's own UNet
+(SD1.5 layout) with arcattn installed as the Forge extension does, toggle on and off.
 
     python bench/unet.py [--models sd15,sdxl] [--batch 1,2] [--json out.json]
 """
@@ -225,6 +226,78 @@ def report(name, B, variants, res, eager, graphs, outs, ref_name, served, rows):
               f"{r['step_spread_ms'][1]:.2f}]{g}{a}{ag}{e}  {r.get('served', '')}", flush=True)
 
 
+def no_attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
+                 **kwargs):
+    """The hosts' attention signature with the product removed: the query comes back, in the output layout the
+    host asked for, so step(host) - step(none) is what attention costs in a step."""
+    if skip_reshape:  # (B, H, N, D) in
+        return q if skip_output_reshape else q.transpose(1, 2).flatten(2)
+    return q if not skip_output_reshape else q.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+# The SD1.5 UNet in the ldm layout that ComfyUI (comfy/model_detection.py) and Forge (huggingface_guess) build.
+# Both pop transformer_depth_output from its end, deepest level first: the three zeros are the 8x8 level's outputs
+SD15_LDM = dict(in_channels=4, out_channels=4, channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
+                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768)
+
+
+def random_sd15(make, B, device, dtype):
+    """make() a host's SD1.5 UNet on `device` with random weights; (unet, latents, timesteps, context) at 512 px."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = make()
+        for p in unet.parameters():
+            torch.nn.init.normal_(p, 0.0, 0.02)
+    unet = unet.to(dtype).eval()
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(B, 4, 64, 64, generator=g).to(device, dtype)
+    ctx = torch.randn(B, 77, 768, generator=g).to(device, dtype)
+    return unet, x, torch.tensor([500.0] * B, device=device), ctx
+
+
+def check_sd15_layout(step, set_function, original, label):
+    """One step with a counting attention function: the host's UNet must make SD1.5's calls per query length
+    (visits 17-66 measured a ComfyUI UNet in the wrong layout: 4 calls at 4096 queries instead of 10)."""
+    calls = {}
+
+    def counting(q, k, v, heads, *args, **kwargs):
+        n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
+        calls[n] = calls.get(n, 0) + 1
+        return original(q, k, v, heads, *args, **kwargs)
+
+    set_function(counting)
+    try:
+        with torch.no_grad():
+            step()
+    finally:
+        set_function(original)
+    if calls != SD15_ATTENTION_CALLS:
+        raise RuntimeError(f"{label} UNet is not in the SD1.5 layout: attention calls by query length {calls}, "
+                           f"expected {SD15_ATTENTION_CALLS}")
+
+
+def bench_host_variants(label, B, step, variants, activate, host, device, rows, rounds, graph_rounds):
+    """First steps (measuring, compiling, outputs), then the interleaved eager and graph steps of each variant;
+    errors against the host's own attention ("host")."""
+    res = {v: {"model": label, "batch": B, "variant": v if v != "host" else f"host:{host}"} for v in variants}
+    arcattn.set_router(None)  # a fresh router: its decisions are this batch size's
+    outs = {}
+    try:
+        with torch.no_grad():
+            for v in variants:
+                activate(v)
+                outs[v] = step().float()
+                step()
+            eager, graphs, errors = time_variants(step, variants, activate, device, rounds, graph_rounds)
+    finally:
+        activate("host")
+    for v, e in errors.items():
+        res[v]["graph_error"] = e
+    served = {"arcattn": served_by(arcattn.get_router())}
+    report(label, B, variants, res, eager, graphs, outs, "host", served, rows)
+
+
 def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_rounds=8):
     """ComfyUI's own UNetModel (SD1.5 layout, random weights), the diffusers method: variants "host" (ComfyUI's
     own attention function), "none" (the attention product removed: the query comes back) and "arcattn"
@@ -247,31 +320,14 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_r
     except LookupError as e:
         host_device = f"unknown ({e})"
     print(f"  ComfyUI device {host_device}, torch SDPA order after settling: {comfyui.sdpa_order()}", flush=True)
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNetModel(image_size=64, in_channels=4, model_channels=channels, out_channels=4, num_res_blocks=2,
-                         channel_mult=(1, 2, 4, 4), num_heads=8, use_spatial_transformer=True,
-                         transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-                         # ComfyUI's SD15 config (comfy/model_detection.py). UNetModel pops this list from its end,
-                         # deepest level first: the three zeros are the 8x8 level's output blocks
-                         transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
-                         dtype=dtype, device=device, operations=comfy.ops.manual_cast)
-        for p in unet.parameters():
-            torch.nn.init.normal_(p, 0.0, 0.02)
-    unet = unet.to(dtype).eval()
-    g = torch.Generator(device="cpu").manual_seed(1)
-    x = torch.randn(B, 4, 64, 64, generator=g).to(device, dtype)
-    ctx = torch.randn(B, 77, 768, generator=g).to(device, dtype)
-    t = torch.tensor([500.0] * B, device=device)
+    unet, x, t, ctx = random_sd15(lambda: UNetModel(
+        image_size=64, model_channels=channels, num_res_blocks=2, dtype=dtype, device=device,
+        operations=comfy.ops.manual_cast, **SD15_LDM), B, device, dtype)
     step = lambda: unet(x, timesteps=t, context=ctx)  # noqa: E731
     originals = (attention.optimized_attention, attention.optimized_attention_masked)
-    host = getattr(originals[0], "__name__", "host")
 
-    def no_attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
-                     **kwargs):
-        if skip_reshape:  # (B, H, N, D) in
-            return q if skip_output_reshape else q.transpose(1, 2).flatten(2)
-        return q if not skip_output_reshape else q.unflatten(-1, (heads, -1)).transpose(1, 2)
+    def set_function(fn):
+        attention.optimized_attention = attention.optimized_attention_masked = fn
 
     def activate(v):
         if comfyui.is_patched():
@@ -280,44 +336,66 @@ def bench_comfyui(root, B, device, dtype, rows, channels=320, rounds=12, graph_r
         if v == "arcattn":
             comfyui.patch()
         elif v == "none":
-            attention.optimized_attention = attention.optimized_attention_masked = no_attention
+            set_function(no_attention)
 
-    # the SD1.5 layout's attention calls per step, by query length (visits 17-66 measured a wrong layout: 4 calls
-    # at 4096 queries instead of 10, 8 at 64 instead of 2); checked on the first step
-    calls = {}
-
-    def counting(q, k, v, heads, *args, **kwargs):
-        n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
-        calls[n] = calls.get(n, 0) + 1
-        return originals[0](q, k, v, heads, *args, **kwargs)
-
-    attention.optimized_attention = attention.optimized_attention_masked = counting
+    check_sd15_layout(step, set_function, originals[0], "ComfyUI")
     try:
-        with torch.no_grad():
-            step()
+        bench_host_variants("comfyui-sd15", B, step, ["host", "none", "arcattn"], activate,
+                            getattr(originals[0], "__name__", "host"), device, rows, rounds, graph_rounds)
     finally:
         attention.optimized_attention, attention.optimized_attention_masked = originals
-    if calls != SD15_ATTENTION_CALLS:
-        raise RuntimeError(f"ComfyUI UNetModel is not in the SD1.5 layout: attention calls by query length {calls}, "
-                           f"expected {SD15_ATTENTION_CALLS}")
-    variants = ["host", "none", "arcattn"]
-    res = {v: {"model": "comfyui-sd15", "batch": B, "variant": v if v != "host" else f"host:{host}"}
-           for v in variants}
-    arcattn.set_router(None)  # a fresh router: its decisions are this batch size's
-    outs = {}
+
+
+def bench_forge(root, B, device, dtype, rows, channels=320, rounds=12, graph_rounds=8):
+    """Forge's own UNet (backend.nn.unet.IntegratedUNet2DConditionModel, SD1.5 layout, random weights) with
+    arcattn put in as the Forge extension does (`arcattn.hosts.forge.install()`, then the accordion's per-
+    generation switch): variants "host" (Forge's own attention function), "none", "arcattn" (toggle on, auto)
+    and "arcattn-off" (installed, toggle off: what the wrapper costs when a user switches it off)."""
+    sys.argv = [sys.argv[0]] + ([] if device.type != "cpu" else ["--always-cpu"])  # backend.args reads argv
+    for path in (os.path.join(root, "packages_3rdparty"), root):  # gguf: Forge puts its own copy on the path
+        sys.path.insert(0, path)
+    import backend.attention as A
+    import backend.nn.unet as U
+
+    from arcattn.hosts import forge
+
+    original = A.attention_function
+    print(f"  Forge attention function: {original.__name__}", flush=True)
+    # Forge's loader passes huggingface_guess's SD15 entry, the same config as ComfyUI's
+    unet, x, t, ctx = random_sd15(lambda: U.IntegratedUNet2DConditionModel(
+        model_channels=channels, num_res_blocks=[2, 2, 2, 2], use_linear_in_transformer=False, **SD15_LDM),
+        B, device, dtype)
+    step = lambda: unet(x, timesteps=t, context=ctx, transformer_options={})  # noqa: E731
+
+    # Forge's timestep_embedding builds its frequencies on the CPU and copies them over, which a CUDA graph
+    # cannot capture: its result for these timesteps is computed once, by Forge's function, and reused
+    embed = U.timestep_embedding
+    t_emb = embed(t, channels, repeat_only=False)
+    U.timestep_embedding = lambda timesteps, dim, **kw: t_emb if timesteps is t and dim == channels else embed(
+        timesteps, dim, **kw)
+
+    def set_function(fn):
+        U.attention_function = fn
+
+    check_sd15_layout(step, set_function, original, "Forge")
+    sites = forge.install()
+    if "backend.nn.unet.attention_function" not in sites:
+        forge.uninstall()
+        raise RuntimeError(f"arcattn's Forge install did not reach backend.nn.unet: {sites}")
+    wrapper = U.attention_function
+
+    def activate(v):
+        forge.set_generation(v != "arcattn-off")
+        set_function({"host": original, "none": no_attention}.get(v, wrapper))
+
     try:
-        with torch.no_grad():
-            for v in variants:  # first steps: measuring and compiling, outputs for the error check
-                activate(v)
-                outs[v] = step().float()
-                step()
-            eager, graphs, errors = time_variants(step, variants, activate, device, rounds, graph_rounds)
+        bench_host_variants("forge-sd15", B, step, ["host", "none", "arcattn", "arcattn-off"], activate,
+                            original.__name__, device, rows, rounds, graph_rounds)
+        print(f"  arcattn wrapper fallbacks to Forge's function: {dict(wrapper.fallbacks) or 'none'}", flush=True)
     finally:
-        activate("host")
-    for v, e in errors.items():
-        res[v]["graph_error"] = e
-    served = {"arcattn": served_by(arcattn.get_router())}
-    report("comfyui-sd15", B, variants, res, eager, graphs, outs, "host", served, rows)
+        forge.uninstall()
+        U.timestep_embedding = embed
+
 
 def add_backend(spec: str) -> None:
     """Put a probe's backend into the process-wide router, before the fallback (bench only)."""
@@ -343,7 +421,7 @@ def main(argv=None) -> int:
     p.add_argument("--extra-backend", default=None, metavar="MODULE:CLASS",
                    help="a probe's backend (a module beside this script, e.g. gpu_autows:HopperWSBackend), added "
                         "before the fallback; name it in --variants to force it; auto and priority consider it too")
-    p.add_argument("--comfyui-channels", type=int, default=320, help="ComfyUI UNet width (320 = SD1.5; small for smoke tests)")
+    p.add_argument("--comfyui-channels", type=int, default=320, help="ComfyUI and Forge UNet width (320 = SD1.5; small for smoke tests)")
     args = p.parse_args(argv)
     device = default_device()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -356,12 +434,14 @@ def main(argv=None) -> int:
     for name in filter(None, args.models.split(",")):
         bench_diffusers(name, [int(b) for b in args.batch.split(",")], device, dtype, variants, rows, args.rounds,
                         args.graph_rounds)
-    root = os.environ.get("ARCATTN_COMFYUI_ROOT")
-    if root:
+    for env, bench, what in (("ARCATTN_COMFYUI_ROOT", bench_comfyui, "ComfyUI UNetModel"),
+                             ("ARCATTN_FORGE_ROOT", bench_forge, "Forge's UNet")):
+        root = os.environ.get(env)
+        if not root:
+            print(f"{env} not set: {what} not measured")
+            continue
         for B in (int(b) for b in args.batch.split(",")):
-            bench_comfyui(root, B, device, dtype, rows, args.comfyui_channels, args.rounds, args.graph_rounds)
-    else:
-        print("ARCATTN_COMFYUI_ROOT not set: ComfyUI UNetModel not measured")
+            bench(root, B, device, dtype, rows, args.comfyui_channels, args.rounds, args.graph_rounds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"versions": versions(device), "rows": rows}, f, indent=1)

@@ -6,8 +6,9 @@ meet the stand-ins of tests/test_forge.py), then proves that install() reaches C
 are served by arcattn (telemetry), the output matches Forge's own function and a float64 reference, a disabled
 toggle gives Forge's function back bit for bit, and uninstall() restores every original.
 
-Forge needs a few packages beyond arcattn's test set to import these modules on a CPU: einops, psutil (and
-gguf for backend.nn.flux). Skipped visibly when ARCATTN_FORGE_ROOT is unset or those are missing.
+Forge needs a few packages beyond arcattn's test set to import these modules on a CPU: einops and psutil (gguf
+comes from Forge's own packages_3rdparty, as at its start-up). Skipped visibly when ARCATTN_FORGE_ROOT is unset or those
+are missing.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _probe(attention_flag: str) -> dict:
     """Runs in the subprocess. Prints one JSON line with what it saw."""
-    sys.path.insert(0, FORGE_ROOT)
-    sys.path.insert(0, ROOT)
+    # Forge's start-up puts its own copy of gguf (packages_3rdparty) on the path; backend.utils imports it
+    sys.path[:0] = [ROOT, FORGE_ROOT, os.path.join(FORGE_ROOT, "packages_3rdparty")]
     # Forge's backend/args.py parses sys.argv at import: CPU (no GPU here) and the attention under test
     sys.argv = ["forge-probe", "--always-cpu"] + ([attention_flag] if attention_flag else [])
     import torch
