@@ -38,6 +38,26 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
     assert not r["cuda_initialized_after_node_import"], r  # so neither ComfyUI before it nor the import made one
 
 
+def test_real_attention_functions_and_arcattn_agree_on_random_inputs():
+    """arcattn's wrapper (the node's override, sdpa) against each of ComfyUI's own attention functions on 200
+    random inputs: layouts, output layouts, float masks of every shape ComfyUI reads, fp32 and fp64; each answer
+    within tolerance of a float64 reference, and of the host's own answer wherever that one is right
+    (tests/real_comfyui_attention_diff.py)."""
+    env = dict(os.environ)
+    for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "real_comfyui_attention_diff.py"), COMFY, ROOT,
+                           "200"], capture_output=True, text=True, timeout=600, env=env, cwd=COMFY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, f in r["functions"].items():
+        print(name, {k: v for k, v in f.items() if k != "failures"})
+    assert r["served"] == r["calls"] == 800  # arcattn answered every call, none went back to the host
+    assert sorted(r["functions"]) == ["attention_basic", "attention_pytorch", "attention_split", "attention_sub_quad"]
+    for name, f in r["functions"].items():
+        assert f["cases"] == 200 and not f["failures"], (name, f["failures"][:5])
+
+
 def test_real_workflow_through_comfyui_loader_validation_and_executor():
     """The arcattn folder loaded by ComfyUI's custom-node loader; prompts (model -> Arc Attention -> KSampler)
     validated and executed by ComfyUI's executor, as the UI's queue does (tests/real_comfyui_workflow.py)."""

@@ -277,6 +277,71 @@ def test_3d_mask_follows_forge_sdpa_broadcast(host, rng):
         BA.attention_function(q[:, :, :16], k[:, :, :16], v[:, :, :16], 1, mask=torch.randn(B, Sq, Sk))
 
 
+@pytest.mark.parametrize("impl", ["sub_quad", "basic"])
+def test_3d_mask_follows_forge_sliced_functions_batch_first(host, monkeypatch, rng, impl):
+    """Forge's sliced functions (attention_sub_quad, its CPU default, and split and basic) read a 3-D mask as
+    (B, Sq, Sk), unlike its attention_pytorch: arcattn must follow the function it wraps. B == H makes both
+    readings valid shapes with different answers; a head-first mask is then an error, as in the host."""
+    monkeypatch.setenv("ARCATTN_STANDIN_FORGE_ATTENTION", impl)
+    host(STANDINS)
+    import backend.attention as BA
+    host_fn = BA.attention_function
+    assert host_fn.__name__ == f"attention_{impl}"
+    forge.install()
+    B = H = 2
+    Sq, Sk, D = 11, 9, 16
+    q4, k4, v4 = (torch.randn(B, H, S, D, generator=rng) for S in (Sq, Sk, Sk))
+    q, k, v = (t.transpose(1, 2).flatten(2) for t in (q4, k4, v4))
+    mask = torch.randn(B, Sq, Sk, generator=rng)
+    before = sum(_served().values())
+    out = BA.attention_function(q, k, v, H, mask=mask)
+    assert sum(_served().values()) == before + 1
+    ref4, _ = attention_reference(q4.double(), k4.double(), v4.double(), mask=mask[:, None].double())
+    assert rel_error(out, ref4.transpose(1, 2).flatten(2)) < 1e-5
+    assert rel_error(out, host_fn(q, k, v, H, mask=mask)) < 1e-5
+    q3, k3, v3 = (torch.randn(1, S, 3 * D, generator=rng) for S in (Sq, Sk, Sk))
+    with pytest.raises(RuntimeError):  # (3, Sq, Sk) against batch 1: the host cannot read it either
+        host_fn(q3, k3, v3, 3, mask=torch.randn(3, Sq, Sk))
+    with pytest.raises(RuntimeError):
+        BA.attention_function(q3, k3, v3, 3, mask=torch.randn(3, Sq, Sk))
+
+
+def test_3d_mask_with_an_unknown_reading_goes_to_the_host(host, monkeypatch, rng, caplog):
+    """Forge classic's older ldm_patched functions (no skip_reshape) read a 3-D mask's first dim differently
+    from one another (heads in attention_pytorch, B * H in the sliced ones), and another extension's
+    replacement in Forge may read it any way: such a mask (first dim not 1) goes to the host's own function,
+    with one log line; other calls, and 3-D masks of first dim 1, stay with arcattn."""
+    from arcattn.hosts import common
+    monkeypatch.setattr(common, "_warned", set())
+    host(REFORGE)
+    import ldm_patched.ldm.modules.attention as LA
+    B = H = 2
+    Sq, Sk, D = 7, 5, 8
+
+    def classic_pytorch(q, k, v, heads, mask=None):  # Forge classic's signature and reading
+        qh, kh, vh = (t.view(B, -1, heads, D).transpose(1, 2) for t in (q, k, v))
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).flatten(2)
+
+    monkeypatch.setattr(LA, "optimized_attention", classic_pytorch)
+    monkeypatch.setattr(LA, "optimized_attention_masked", classic_pytorch)
+    forge.install()
+    w = LA.optimized_attention
+    assert isinstance(w, forge.ForgeAttention) and w.mask3d is None
+    q, k, v = (torch.randn(B, S, H * D, generator=rng) for S in (Sq, Sk, Sk))
+    mask = torch.randn(H, Sq, Sk, generator=rng)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        for _ in range(3):
+            before = sum(_served().values())
+            out = w(q, k, v, H, mask)
+            assert sum(_served().values()) == before  # the host served it
+            assert torch.equal(out, classic_pytorch(q, k, v, H, mask))
+    assert sum("3-D mask" in r.getMessage() for r in caplog.records) == 1
+    before = sum(_served().values())
+    one = mask[:1]
+    assert rel_error(w(q, k, v, H, one), classic_pytorch(q, k, v, H, one).double()) < 1e-5
+    assert sum(_served().values()) == before + 1
+
+
 def test_ldm_patched_layout(host, rng):
     host(REFORGE)
     import ldm_patched.ldm.dit as DIT
@@ -287,6 +352,7 @@ def test_ldm_patched_layout(host, rng):
     assert forge.layouts() == ["ldm_patched"]
     w = LA.optimized_attention
     assert isinstance(w, forge.ForgeAttention) and LA.optimized_attention_masked is w and DIT.optimized_attention is w
+    assert w.mask3d == "batch"  # reForge's functions (ComfyUI's newer ones, with skip_reshape) read (B, Sq, Sk)
     assert "ldm_patched.ldm.dit.optimized_attention" in sites
 
     attn = _randomize(LA.CrossAttention(query_dim=32, context_dim=24, heads=2, dim_head=16), rng).eval()

@@ -92,6 +92,14 @@ def _probe(attention_flag: str) -> dict:
             fref = attention_reference(qr, kr, v)[0].transpose(1, 2).reshape(1, 24, 64)
             res["flux_rel_error_vs_ref"] = rel_error(fo, fref)
             res["flux_served"] = sum(v["served"] for v in arcattn.telemetry().values()) - before_f
+        # a 3-D mask with B == H: Forge's attention_pytorch reads its first dim over heads, its sliced functions
+        # over the batch; the wrapper must read it as the function it wraps does
+        mq, mk, mv = (torch.randn(2, S, 32, generator=g) for S in (13, 7, 7))
+        mask3 = torch.randn(2, 13, 7, generator=g)
+        m0 = sum(v["served"] for v in arcattn.telemetry().values())
+        mo = A.attention_function(mq, mk, mv, 2, mask=mask3)
+        res["mask3d_served"] = sum(v["served"] for v in arcattn.telemetry().values()) - m0
+        res["mask3d_rel_error_vs_host"] = rel_error(mo, original(mq, mk, mv, 2, mask=mask3).double())
         forge.set_generation(False)
         t0 = sum(v["served"] for v in arcattn.telemetry().values())
         off = attn(x, context=ctx)
@@ -131,6 +139,7 @@ def test_real_forge_cross_attention_routes_through_arcattn(flag):
         assert res["flux_served"] == 1 and res["flux_rel_error_vs_ref"] < 1e-5
     else:
         print("backend.nn.flux not importable here:", res["flux_import_error"])
+    assert res["mask3d_served"] == 1 and res["mask3d_rel_error_vs_host"] < 1e-5, res["host_function"]
     assert res["disabled_bitwise_equal_host"] and res["disabled_served"] == 0
     assert res["originals_back"] and res["restored"]
 
@@ -139,6 +148,7 @@ def test_real_forge_cross_attention_routes_through_arcattn(flag):
 SIGNATURES = [
     ("backend/attention.py", "backend/attention.py", "attention_basic"),
     ("backend/attention.py", "backend/attention.py", "attention_pytorch"),
+    ("backend/attention.py", "backend/attention.py", "attention_sub_quad"),
     ("backend/attention.py", "backend/attention.py", "attention_xformers"),
     ("backend/nn/unet.py", "backend/nn/unet.py", "CrossAttention.__init__"),
     ("backend/nn/unet.py", "backend/nn/unet.py", "CrossAttention.forward"),

@@ -124,10 +124,13 @@ def _propagate_query_nan(q4, o):
 
 def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
     """The call's mask in a form SDPA takes, with causal folded in when both are set. SDPA takes bool, float32 or
-    q's dtype; a float32 mask stays float32, as the hosts pass it, because casting it down turns
-    finfo(float32).min into -inf and a fully masked row into zeros instead of the hosts' uniform average."""
+    q's dtype; a float32 mask stays float32 with half or float32 q, as the hosts pass it, because casting it down
+    turns finfo(float32).min into -inf and a fully masked row into zeros instead of the hosts' uniform average.
+    With float64 q it goes up to float64: torch's CPU SDPA (2.12, 2.13) gives wrong values for float64 q with a
+    float32 mask."""
     mask = call.mask
-    if mask is not None and mask.dtype not in (torch.bool, torch.float32, call.dtype):
+    kept = (torch.bool, call.dtype) if call.dtype == torch.float64 else (torch.bool, torch.float32, call.dtype)
+    if mask is not None and mask.dtype not in kept:
         mask = mask.to(call.dtype)
     if call.causal and mask is not None:
         keep = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()

@@ -28,11 +28,15 @@ class HostAttention:
     `enabled=False` passes every call to `original` untouched."""
 
     def __init__(self, original: Callable, host: str, *, prefer: Optional[str] = None, enabled: bool = True,
-                 mask_batch_first: bool = True):
+                 mask3d: Optional[str] = "batch"):
         self.original = original
-        # ComfyUI (and ldm_patched) read a 3-D mask as (B, Sq, Sk); Forge's backend.attention hands it to SDPA
-        # as it is, which broadcasts it against (B, H, Sq, Sk): its first dim then runs over heads
-        self.mask_batch_first = mask_batch_first
+        # How the wrapped function reads a 3-D mask's first dim: "batch" (ComfyUI, reForge, Forge's sliced
+        # functions: (B, Sq, Sk)), "heads" (Forge's attention_pytorch hands it to SDPA as it is, which broadcasts
+        # it against (B, H, Sq, Sk)), or None (not known: the host's own function serves such a mask when that
+        # dim is not 1)
+        if mask3d not in ("batch", "heads", None):
+            raise ValueError(f"mask3d must be 'batch', 'heads' or None, got {mask3d!r}")
+        self.mask3d = mask3d
         # `scale=` as the host's own function treats it: ComfyUI's functions take it into **kwargs and ignore it,
         # so arcattn does too unless the function names it (the answer must not depend on which path served it)
         try:
@@ -56,7 +60,13 @@ class HostAttention:
             if kwargs.get("low_precision_attention") is False:
                 prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
             layout = "bhsd" if skip_reshape else "bsd"
-            m = mask if mask is None or self.mask_batch_first or mask.dim() != 3 else mask[None]
+            m = mask
+            if mask is not None and mask.dim() == 3 and self.mask3d != "batch":
+                if self.mask3d == "heads":
+                    m = mask[None]
+                elif mask.shape[0] != 1:
+                    raise ValueError("a 3-D mask whose first dim is not 1: how this host function reads that "
+                                     "dim is not known")
             call = make_call(q, k, v, heads=heads, layout=layout,
                              out_layout="bhsd" if skip_output_reshape else "bsd",
                              mask=m, scale=kwargs.get("scale") if self.takes_scale else None)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -45,6 +46,23 @@ HOST = "host"  # infotext label for calls that the host's own function served af
 # (layout, module that owns the function, attribute names to rebind everywhere, modules never to touch)
 _FORGE = ("forge", "backend.attention", ("attention_function",), ("backend.nn.t5",))
 _LDM = ("ldm_patched", "ldm_patched.ldm.modules.attention", ("optimized_attention", "optimized_attention_masked"), ())
+# How each host function reads a 3-D mask's first dim (HostAttention's mask3d), from the hosts' source. Forge's
+# SDPA-based functions hand the mask to SDPA as it is, so that dim runs over heads; its sliced ones
+# (attention_sub_quad, the CPU default, attention_split, attention_basic) read it as (B, Sq, Sk), as ComfyUI does.
+# In ldm_patched, reForge's functions (ComfyUI's newer ones, with skip_reshape) read it as (B, Sq, Sk); Forge
+# classic's older ones differ among themselves (over heads in attention_pytorch, over B * H in the sliced ones),
+# so the host serves such masks there.
+_FORGE_MASK3D = {"attention_pytorch": "heads", "attention_xformers": "heads", "attention_sub_quad": "batch",
+                 "attention_split": "batch", "attention_basic": "batch"}
+
+
+def _mask3d(layout: str, fn) -> Optional[str]:
+    if layout == "forge":
+        return _FORGE_MASK3D.get(getattr(fn, "__name__", ""))
+    try:
+        return "batch" if "skip_reshape" in inspect.signature(fn).parameters else None
+    except (TypeError, ValueError):
+        return None
 LAYOUTS = (_FORGE, _LDM)
 
 
@@ -129,7 +147,7 @@ def install(*, enabled: Optional[bool] = None, backend: Optional[str] = None) ->
         for fn in originals:
             if id(fn) not in _state.wrappers:
                 _state.wrappers[id(fn)] = ForgeAttention(fn, "forge", prefer=_state.backend, enabled=_state.enabled,
-                                                         mask_batch_first=layout != "forge")
+                                                         mask3d=_mask3d(layout, fn))
         if layout not in _state.layouts:
             _state.layouts.append(layout)
         changed += _rebind(names, skip)
