@@ -128,3 +128,57 @@ def test_enable_keeps_processors_it_does_not_know(unet):
     finally:
         arc_diffusers.disable(unet)
         unet.set_attn_processor(diffusers.models.attention_processor.AttnProcessor2_0())
+
+
+def _attention_module(rng, **kw):
+    from diffusers.models.attention_processor import Attention
+    torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=rng)))
+    attn = Attention(**kw).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=rng) * p.shape[-1] ** -0.5)
+    return attn
+
+
+@pytest.mark.parametrize("kw,stock_name", [
+    (dict(query_dim=32, heads=4, dim_head=8, scale_qk=False), "AttnProcessor"),  # diffusers' default there
+    (dict(query_dim=32, heads=2, dim_head=40, out_dim=96), "AttnProcessor2_0"),  # head dim 48, attn.scale 40**-0.5
+])
+def test_processor_scales_as_the_modules_default_processor(rng, kw, stock_name):
+    """Without scale_qk diffusers picks the classic processor, which applies attn.scale (1.0); otherwise the SDPA
+    processor, which applies SDPA's own 1/sqrt(head dim) whatever attn.scale says (they differ with an out_dim
+    that is not heads x dim_head). arcattn must give the answer of the processor it replaces."""
+    attn = _attention_module(rng, **kw)
+    assert type(attn.processor).__name__ == stock_name
+    h = torch.randn(2, 13, 32, generator=rng)
+    with torch.no_grad():
+        ref = attn.processor(attn, h)
+        out = arc_diffusers.ArcAttnProcessor()(attn, h)
+    assert rel_error(out, ref) < 1e-5
+
+
+def test_unservable_call_gives_the_stock_answer_or_its_error(rng, caplog):
+    """A call arcattn cannot serve goes whole to the stock processor: its answer where it has one (a context of
+    batch 2 for hidden states of batch 1), its error where it raises (2-D hidden states), one log line."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    attn = _attention_module(rng, query_dim=32, cross_attention_dim=32, heads=4, dim_head=8)
+    h, ctx = torch.randn(1, 10, 32, generator=rng), torch.randn(2, 5, 32, generator=rng)
+    proc = arc_diffusers.ArcAttnProcessor()
+    with torch.no_grad(), caplog.at_level("WARNING", logger="arcattn"):
+        ref = AttnProcessor2_0()(attn, h, ctx)
+        for _ in range(2):
+            out = proc(attn, h, ctx)
+            assert out.shape == ref.shape and torch.equal(out, ref)
+        flat = torch.randn(10, 32, generator=rng)
+        with pytest.raises(Exception) as stock_error:
+            AttnProcessor2_0()(attn, flat)
+        with pytest.raises(type(stock_error.value)):
+            proc(attn, flat)
+    assert sum("stock processor serves it" in r.getMessage() for r in caplog.records) == 2  # one per reason
+
+
+def test_enable_logs_how_many_of_how_many(unet, caplog):
+    with caplog.at_level("INFO", logger="arcattn"):
+        n = arc_diffusers.enable(unet)
+    arc_diffusers.disable(unet)
+    assert f"arcattn serves {n} of {n} attention modules" in caplog.text

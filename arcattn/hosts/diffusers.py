@@ -3,7 +3,8 @@
 SD1.x/SD2/SDXL UNets run every `Attention` module through a processor; diffusers' newer attention dispatcher does
 not reach them, so arcattn supplies its own processor. It follows the stock SDPA processor step for step (norms,
 projections, mask preparation, output projection, residual, rescale) and hands the (B, S, H*D) projections to
-arcattn without any reshaping of its own.
+arcattn without any reshaping of its own. A call arcattn cannot serve goes, whole, to the processor diffusers
+would have used for that module, so it gives that processor's answer, or raises its error.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..api import get_router
 from ..call import make_call
@@ -22,8 +22,19 @@ log = logging.getLogger("arcattn")
 _ORIGINALS_ATTR = "_arcattn_original_processors"
 
 
+class _Unserved(Exception):
+    """arcattn could not serve this call's attention product."""
+
+
+def _stock_processor(attn):
+    # what diffusers' Attention picks by default: the SDPA processor, or the classic one where scale_qk is off
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    return AttnProcessor2_0() if getattr(attn, "scale_qk", True) else AttnProcessor()
+
+
 class ArcAttnProcessor:
-    """Attention processor that routes the attention product through arcattn (SDPA if anything goes wrong)."""
+    """Attention processor that routes the attention product through arcattn (the stock processor if arcattn
+    cannot serve a call)."""
 
     def __init__(self, backend: Optional[str] = None, router: Optional[Router] = None):
         self.backend = None if backend in (None, "", "auto") else backend
@@ -33,6 +44,18 @@ class ArcAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
+        try:
+            return self._forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        except _Unserved as e:
+            what = one_line(e.__cause__)
+            if what not in self._warned:
+                self._warned.add(what)
+                log.warning("diffusers attention: arcattn could not serve a call (%s); the stock processor serves "
+                            "it", what)
+            return _stock_processor(attn)(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                          *args, **kwargs)
+
+    def _forward(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -71,7 +94,10 @@ class ArcAttnProcessor:
         else:
             layout = "bsd"
 
-        out = self._attention(query, key, value, heads, layout, attention_mask, attn.scale)
+        # the scale the module's default processor applies: SDPA's own (1/sqrt of the projections' head dim), or
+        # attn.scale in the classic processor that diffusers picks where scale_qk is off
+        scale = None if getattr(attn, "scale_qk", True) else attn.scale
+        out = self._attention(query, key, value, heads, layout, attention_mask, scale)
         out = out.to(query.dtype)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
@@ -86,14 +112,7 @@ class ArcAttnProcessor:
             call = make_call(q, k, v, heads=heads, layout=layout, out_layout="bsd", mask=mask, scale=scale)
             return (self.router or get_router()).run(call, prefer=self.backend)
         except Exception as e:  # noqa: BLE001 - a generation is never lost because of arcattn
-            what = one_line(e)
-            if what not in self._warned:
-                self._warned.add(what)
-                log.warning("diffusers attention: arcattn could not serve a call (%s); using torch SDPA", what)
-            if layout == "bsd":
-                q, k, v = (t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(1, 2) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-            return o.transpose(1, 2).flatten(2)
+            raise _Unserved() from e
 
 
 def _replaceable(processor) -> bool:
@@ -108,9 +127,9 @@ def enable(unet, backend: Optional[str] = None) -> int:
         setattr(unet, _ORIGINALS_ATTR, dict(current))
     proc = ArcAttnProcessor(backend)
     new = {name: (proc if _replaceable(p) else p) for name, p in current.items()}
-    n = sum(1 for p in new.values() if p is proc)
+    n, total = sum(1 for p in new.values() if p is proc), len(new)
     unet.set_attn_processor(new)  # consumes the dict
-    log.info("diffusers: arcattn serves %d of %d attention modules", n, len(new))
+    log.info("diffusers: arcattn serves %d of %d attention modules", n, total)
     return n
 
 
