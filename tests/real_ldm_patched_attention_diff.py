@@ -1,0 +1,77 @@
+"""Run with a Forge fork's Python inside its checkout (argv: checkout, repo, cases per function): arcattn's Forge
+wrapper against each of the fork's own ldm_patched attention functions on random inputs, masks of every shape
+(2-D, 3-D with a first dim of 1, B, H and B * H, 4-D). Prints one JSON line. Used by tests/test_forge_forks_real.py
+in a subprocess (the forks parse sys.argv and pick their attention at import)."""
+import json
+import sys
+
+root, repo, n_cases = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.argv = [sys.argv[0], "--always-cpu"]
+sys.path[:0] = [root, repo]
+
+try:  # reForge parses sys.argv only once this is on; Forge classic parses an empty list at import whatever it says
+    import ldm_patched.modules.options as options
+    options.enable_args_parsing()
+except ImportError:
+    pass
+import ldm_patched.modules.args_parser as args_parser  # noqa: E402
+
+args_parser.args, _ = args_parser.parser.parse_known_args()  # before model_management takes its copy
+
+import torch  # noqa: E402
+
+import ldm_patched.ldm.modules.attention as attention  # noqa: E402
+
+import arcattn  # noqa: E402
+from arcattn.hosts import forge  # noqa: E402
+from arcattn.reference import rel_error  # noqa: E402
+
+FUNCTIONS = [n for n in ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")
+             if hasattr(attention, n)]
+g = torch.Generator().manual_seed(20261207)
+
+
+def draw(lo, hi):
+    return int(torch.randint(lo, hi, (1,), generator=g))
+
+
+installed = forge.install()
+result = {"host_function": getattr(attention.optimized_attention, "original", attention.optimized_attention).__name__,
+          "installed": bool(installed), "mask3d": {}, "functions": {}}
+served_before = sum(v["served"] for v in arcattn.telemetry().values())
+with torch.no_grad():
+    for name in FUNCTIONS:
+        fn = getattr(attention, name)
+        wrapper = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
+        result["mask3d"][name] = wrapper.mask3d
+        r = result["functions"][name] = {"cases": 0, "both_answered": 0, "worst": 0.0, "host_only_raised": 0,
+                                         "arcattn_only_raised": [], "mismatches": []}
+        for i in range(n_cases):
+            B, H, D, Sq, Sk = draw(1, 4), draw(1, 6), 8 * draw(1, 10), draw(1, 80), draw(1, 80)
+            q, k, v = (torch.randn(B, S, H * D, generator=g) for S in (Sq, Sk, Sk))
+            shapes = (None, (Sq, Sk), (1, Sq, Sk), (B, Sq, Sk), (H, Sq, Sk), (B * H, Sq, Sk), (B, H, Sq, Sk),
+                      (B, 1, 1, Sk))
+            shape = shapes[i % len(shapes)]
+            mask = None if shape is None else -4 * torch.rand(shape, generator=g)
+            outs = []
+            for f in (fn, wrapper):
+                try:
+                    outs.append(f(q, k, v, H, mask))
+                except Exception as e:  # noqa: BLE001
+                    outs.append(e)
+            host, ours = outs
+            r["cases"] += 1
+            if isinstance(host, Exception):
+                r["host_only_raised"] += not isinstance(ours, Exception)
+                continue
+            if isinstance(ours, Exception):
+                r["arcattn_only_raised"].append([list(shape or ()), repr(ours)[:200]])
+                continue
+            r["both_answered"] += 1
+            err = rel_error(ours, host.double())
+            r["worst"] = max(r["worst"], err)
+            if err >= 1e-5:
+                r["mismatches"].append([list(shape or ()), B, H, err])
+result["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+forge.uninstall()
+print(json.dumps(result))
