@@ -35,12 +35,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: Optio
 
     Layouts: "bsd" = (B, S, H*D) with `heads` (ComfyUI/Forge/diffusers style), "bhsd" = (B, H, S, D),
     "bshd" = (B, S, H, D). Default: "bsd" for 3-D inputs, "bhsd" for 4-D. The output comes in `out_layout`
-    (default: the input layout). `mask`: bool (True = attend) or float (added to the scores), 2-D/3-D/4-D,
-    broadcastable to (B, H, Sq, Sk). `causal` is top-left aligned. `return_lse` also returns the fp32
+    (default: the input layout). `mask`: bool (True = attend) or float (added to the scores), (Sq, Sk),
+    (B, Sq, Sk) (first dim = batch, as ComfyUI reads it) or 4-D, broadcastable to (B, H, Sq, Sk); a row masked out
+    entirely gives zeros. `causal` is top-left aligned. `return_lse` also returns the fp32
     log-sum-exp, shape (B, H, Sq). `backend` forces one backend and raises if it cannot serve the call
     ("auto" or None: the router's choice, with its fallback). Inputs that need gradients go to a backend with a
     backward (sdpa).
     """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend's name or None, got {type(backend).__name__}")
     call = make_call(q, k, v, heads=heads, layout=layout, out_layout=out_layout, mask=mask, scale=scale,
                      causal=causal, want_lse=return_lse)
     return get_router().run(call, prefer=backend, strict=backend not in (None, "", "auto"))

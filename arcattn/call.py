@@ -140,6 +140,12 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
               out_layout: Optional[str] = None, mask: Optional[torch.Tensor] = None,
               scale: Optional[float] = None, causal: bool = False, want_lse: bool = False) -> AttentionCall:
     """Check the arguments (raising TypeError/ValueError that name the problem) and build the call."""
+    # checked before the geometry cache: 4.0, numpy's 4 or True hash like an int that was accepted before
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int)):
+        raise ValueError(f"heads must be a positive int, got {heads!r}")
+    for name, flag in (("causal", causal), ("return_lse", want_lse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     try:
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, heads,
@@ -161,7 +167,8 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
         scale, default_scale = 1.0 / math.sqrt(geo.D), True
     else:
         scale = _check_scale(scale)
-        default_scale = abs(scale * math.sqrt(geo.D) - 1.0) < 1e-6
+        # a scale that equals 1/sqrt(D) to the inputs' precision takes the default path (hosts compute it their way)
+        default_scale = abs(scale * math.sqrt(geo.D) - 1.0) < (1e-14 if q.dtype == torch.float64 else 1e-6)
     if mask is not None:
         if geo.mask_ndim == 2:
             mask = mask[None, None]
@@ -177,7 +184,10 @@ def _unit_stride(q, k, v) -> bool:
 def _check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a number, got {type(scale).__name__}")
-    scale = float(scale)
+    try:
+        scale = float(scale)
+    except OverflowError:
+        scale = math.inf
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
@@ -187,13 +197,15 @@ def _validate(q, k, v, heads, layout, out_layout, mask) -> Geometry:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}")
     if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0):
         raise ValueError(f"heads must be a positive int, got {heads!r}")
     if layout is None:
         layout = "bsd" if q.dim() == 3 else "bhsd"
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    out_layout = out_layout or layout
+    out_layout = layout if out_layout is None else out_layout
     if out_layout not in LAYOUTS:
         raise ValueError(f"out_layout must be one of {LAYOUTS}, got {out_layout!r}")
     rank = 3 if layout == "bsd" else 4
@@ -245,6 +257,8 @@ def _validate(q, k, v, heads, layout, out_layout, mask) -> Geometry:
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.layout != torch.strided:
+            raise TypeError(f"mask must be a dense tensor, got layout {mask.layout}")
         if mask.dtype != torch.bool and not mask.is_floating_point():
             raise TypeError(f"mask must be bool (True = attend) or floating (added to scores), got {mask.dtype}")
         if mask.device != q.device:

@@ -171,6 +171,15 @@ def t(*shape, dtype=torch.float32):
     ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": [[True]]}, TypeError, "mask must be a torch"),
     ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": torch.ones(8, 8, device="meta")}, ValueError,
      "mask is on meta"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "scale": 10 ** 400}, ValueError, "finite"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "causal": "False"}, TypeError, "causal must be a bool"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "return_lse": "no"}, TypeError, "return_lse must be"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "backend": 0}, TypeError, "backend must be"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "backend": ["sdpa"]}, TypeError, "backend must be"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "out_layout": ""}, ValueError, "out_layout must be"),
+    ((t(2, 8, 64).to_sparse(), t(2, 8, 64), t(2, 8, 64)), {"heads": 4}, TypeError, "q must be a dense tensor"),
+    ((t(2, 8, 64), t(2, 8, 64), t(2, 8, 64)), {"heads": 4, "mask": t(8, 8).to_sparse()}, TypeError,
+     "mask must be a dense tensor"),
 ])
 def test_bad_input_is_named(args, kwargs, exc, words):
     with pytest.raises(exc, match=words):
@@ -201,6 +210,60 @@ def test_default_scale_is_flagged_so_backends_can_leave_it_to_their_default():
     assert arcattn.make_call(q, q, q, heads=2).default_scale
     assert arcattn.make_call(q, q, q, heads=2, scale=40 ** -0.5).default_scale
     assert not arcattn.make_call(q, q, q, heads=2, scale=0.3).default_scale
+
+
+@pytest.mark.parametrize("bad", [4.0, __import__("numpy").int64(4), True])
+def test_heads_check_does_not_depend_on_earlier_calls(bad):
+    """4.0, numpy's 4 and True hash like the ints 4 and 1: an accepted call must not let them through later."""
+    q = t(1, 4, 16)
+    arcattn.attention(q, q, q, heads=4 if bad is not True else 1)
+    with pytest.raises(ValueError, match="heads must be a positive int"):
+        arcattn.attention(q, q, q, heads=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_causal_with_a_scale_of_zero_or_below(rng, dtype, scale, return_lse):
+    """torch's CPU SDPA gives NaN for is_causal with such a scale; arcattn must give the reference's answer."""
+    q4, k4, v4, q, k, v = make(rng, "bhsd", 1, 2, 9, 9, 8, dtype)
+    out = arcattn.attention(q, k, v, causal=True, scale=scale, return_lse=return_lse)
+    ref, ref_lse = attention_reference(q4, k4, v4, causal=True, scale=scale)
+    assert rel_error(out[0] if return_lse else out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("kind", ["bool", "-inf"])
+def test_fully_masked_row_gives_zeros_with_and_without_lse(rng, kind):
+    q4, k4, v4, q, k, v = make(rng, "bhsd", 1, 2, 5, 7, 8)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[2] = False
+    if kind == "-inf":
+        mask = torch.zeros(5, 7).masked_fill(~mask, float("-inf"))
+    plain = arcattn.attention(q, k, v, mask=mask)
+    out, lse = arcattn.attention(q, k, v, mask=mask, return_lse=True)
+    for o in (plain, out):
+        assert torch.equal(o[:, :, 2], torch.zeros_like(o[:, :, 2]))
+        assert not o.isnan().any()
+    assert torch.isneginf(lse[:, :, 2]).all() and torch.isfinite(lse[:, :, [0, 1, 3, 4]]).all()
+    assert rel_error(plain, out) < 1e-6
+
+
+def test_a_scale_near_the_default_is_kept_in_float64(rng):
+    q4, k4, v4, q, k, v = make(rng, "bhsd", 1, 2, 9, 9, 16, torch.float64)
+    scale = 0.25 * (1 + 5e-7)
+    ref, _ = attention_reference(q4, k4, v4, scale=scale)
+    assert rel_error(arcattn.attention(q, k, v, scale=scale), ref) < TOL[torch.float64]
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float64, torch.bfloat16])
+def test_other_float_masks_keep_finite_minimum_rows_with_half_q(rng, mask_dtype):
+    """A mask of another float dtype goes to float32 with fp16 q, as a float32 one stays: a row at a large finite
+    negative value keeps the uniform average instead of turning into -inf (fp16) and zeros."""
+    q4, k4, v4, q, k, v = make(rng, "bsd", 1, 2, 6, 9, 16, torch.float16)
+    mask = torch.randn(6, 9, generator=rng).to(mask_dtype)
+    mask[1] = max(torch.finfo(torch.float32).min, torch.finfo(mask_dtype).min)  # finite in both dtypes
+    out = arcattn.attention(q, k, v, heads=2, mask=mask, backend="sdpa")
+    assert rel_error(to4(out, "bsd", 2)[:, :, 1], v4.double().mean(2)) < TOL[torch.float16]
 
 
 def test_unhashable_arguments_are_named():

@@ -93,7 +93,8 @@ class SDPABackend(Backend):
             if m is not None:
                 s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(acc)
             l = torch.logsumexp(s, dim=-1)
-            out4[:, :, i:j] = (torch.exp(s - l[..., None]) @ vf).to(call.dtype)
+            # a row masked out entirely (l = -inf) gives zeros, as without the log-sum-exp, not exp(-inf + inf)
+            out4[:, :, i:j] = (torch.exp(s - l.clamp_min(torch.finfo(acc).min)[..., None]) @ vf).to(call.dtype)
             lse[:, :, i:j] = l
         return out, lse
 
@@ -124,15 +125,19 @@ def _propagate_query_nan(q4, o):
 
 def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
     """The call's mask in a form SDPA takes, with causal folded in when both are set. SDPA takes bool, float32 or
-    q's dtype; a float32 mask stays float32 with half or float32 q, as the hosts pass it, because casting it down
-    turns finfo(float32).min into -inf and a fully masked row into zeros instead of the hosts' uniform average.
-    With float64 q it goes up to float64: torch's CPU SDPA (2.12, 2.13) gives wrong values for float64 q with a
-    float32 mask."""
+    q's dtype; a float mask of another dtype goes to float32 with half or float32 q (as the hosts pass it: casting
+    it down would turn finfo(float32).min into -inf and a fully masked row into zeros instead of the hosts' uniform
+    average), to float64 with float64 q (torch's CPU SDPA, 2.12 and 2.13, gives wrong values for float64 q with a
+    float32 mask). Causal with a scale <= 0 becomes a mask too: torch's CPU SDPA gives NaN for is_causal there."""
     mask = call.mask
-    kept = (torch.bool, call.dtype) if call.dtype == torch.float64 else (torch.bool, torch.float32, call.dtype)
-    if mask is not None and mask.dtype not in kept:
-        mask = mask.to(call.dtype)
-    if call.causal and mask is not None:
+    if mask is not None and mask.dtype not in (torch.bool, call.dtype):
+        if call.dtype == torch.float64:
+            mask = mask.to(torch.float64)
+        elif mask.dtype != torch.float32:  # float64, or the other half type: float32 keeps finfo(float32).min
+            mask = mask.to(torch.float32)
+    if call.causal and mask is None and not call.scale > 0:
+        mask = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()  # is_causal: NaN here
+    elif call.causal and mask is not None:
         keep = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()
         mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
     return mask
