@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU visit: the whole test suite on the device machine's torch and Triton, with the real ComfyUI and Forge
 # checkouts where carried (`.hosts/ComfyUI`, `.hosts/forge`, never committed) and the Python 3.12 wheels their
-# imports need (WHEELS: folders of wheels, default `.whl .whl_diffusers`). Everything lands in $OUT.
+# imports need (WHEELS: folders of wheels, default `.whl .whl_diffusers`; a huggingface_hub among them must suit the
+# image's own transformers, or carry transformers too). TESTS picks test files (default: all). Everything lands in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,4 +16,4 @@ export ARCATTN_CACHE_DIR=/tmp/arcattn-cache
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -m arcattn doctor 2>&1 | tee "$OUT/doctor.txt"
 python3 extension/build.py --cpu-reference --quiet 2>&1 | tail -3 | tee "$OUT/build.txt"
-timeout "${PYTEST_TIMEOUT:-480}" python3 -m pytest tests -q -rs -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/pytest.txt" | tail -60
+timeout "${PYTEST_TIMEOUT:-480}" python3 -m pytest ${TESTS:-tests} -q -rs -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/pytest.txt" | tail -60
