@@ -141,7 +141,7 @@ def make_call(q, k, v, *, heads: Optional[int] = None, layout: Optional[str] = N
               scale: Optional[float] = None, causal: bool = False, want_lse: bool = False) -> AttentionCall:
     """Check the arguments (raising TypeError/ValueError that name the problem) and build the call."""
     # checked before the geometry cache: 4.0, numpy's 4 or True hash like an int that was accepted before
-    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int)):
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0):
         raise ValueError(f"heads must be a positive int, got {heads!r}")
     for name, flag in (("causal", causal), ("return_lse", want_lse)):
         if not isinstance(flag, bool):
@@ -199,8 +199,6 @@ def _validate(q, k, v, heads, layout, out_layout, mask) -> Geometry:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.layout != torch.strided:
             raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}")
-    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0):
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
     if layout is None:
         layout = "bsd" if q.dim() == 3 else "bhsd"
     if layout not in LAYOUTS:

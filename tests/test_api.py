@@ -1,6 +1,7 @@
 """Public API: argument checks with clear errors, and float64-reference correctness of the sdpa backend."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,7 +213,7 @@ def test_default_scale_is_flagged_so_backends_can_leave_it_to_their_default():
     assert not arcattn.make_call(q, q, q, heads=2, scale=0.3).default_scale
 
 
-@pytest.mark.parametrize("bad", [4.0, __import__("numpy").int64(4), True])
+@pytest.mark.parametrize("bad", [4.0, np.int64(4), True])
 def test_heads_check_does_not_depend_on_earlier_calls(bad):
     """4.0, numpy's 4 and True hash like the ints 4 and 1: an accepted call must not let them through later."""
     q = t(1, 4, 16)

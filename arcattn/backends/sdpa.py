@@ -135,11 +135,12 @@ def _mask_for(call: AttentionCall) -> Optional[torch.Tensor]:
             mask = mask.to(torch.float64)
         elif mask.dtype != torch.float32:  # float64, or the other half type: float32 keeps finfo(float32).min
             mask = mask.to(torch.float32)
-    if call.causal and mask is None and not call.scale > 0:
-        mask = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()  # is_causal: NaN here
-    elif call.causal and mask is not None:
+    if call.causal and (mask is not None or not call.scale > 0):
         keep = torch.ones(call.Sq, call.Sk, dtype=torch.bool, device=call.device).tril()
-        mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        if mask is None:
+            mask = keep
+        else:
+            mask = mask & keep if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
     return mask
 
 

@@ -46,6 +46,8 @@ HOST = "host"  # infotext label for calls that the host's own function served af
 # (layout, module that owns the function, attribute names to rebind everywhere, modules never to touch)
 _FORGE = ("forge", "backend.attention", ("attention_function",), ("backend.nn.t5",))
 _LDM = ("ldm_patched", "ldm_patched.ldm.modules.attention", ("optimized_attention", "optimized_attention_masked"), ())
+LAYOUTS = (_FORGE, _LDM)
+
 # How each host function reads a 3-D mask's first dim (HostAttention's mask3d), from the hosts' source. Forge's
 # SDPA-based functions hand the mask to SDPA as it is, so that dim runs over heads; its sliced ones
 # (attention_sub_quad, the CPU default, attention_split, attention_basic) read it as (B, Sq, Sk), as ComfyUI does.
@@ -63,7 +65,6 @@ def _mask3d(layout: str, fn) -> Optional[str]:
         return "batch" if "skip_reshape" in inspect.signature(fn).parameters else None
     except (TypeError, ValueError):
         return None
-LAYOUTS = (_FORGE, _LDM)
 
 
 class ForgeAttention(HostAttention):
