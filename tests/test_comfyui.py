@@ -89,6 +89,38 @@ def test_patch_rebinds_registers_and_undoes(comfy, rec):
     assert "arcattn" not in attention.REGISTERED_ATTENTION_FUNCTIONS
 
 
+def test_patch_reaches_custom_nodes_loaded_before_it(comfy, rec, rng):
+    """A custom node that ComfyUI loaded first (IP-Adapter nodes call their own copy of optimized_attention in
+    their attn2 replacement) is routed too, and given its original back; a lazy module's __getattr__ is not run."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    orig = attention.optimized_attention
+    node = types.ModuleType("ComfyUI_IPAdapter_like.CrossAttentionPatch")
+    node.optimized_attention = orig
+    lazy_hits = []
+
+    class Lazy(types.ModuleType):
+        def __getattr__(self, name):
+            lazy_hits.append(name)
+            raise AttributeError(name)
+
+    lazy = Lazy("some_lazy_package")
+    sys.modules[node.__name__], sys.modules[lazy.__name__] = node, lazy
+    try:
+        assert comfyui.load(attention)
+        assert node.optimized_attention is attention.optimized_attention is not orig
+        assert not lazy_hits
+        q, k, v = inputs(rng)
+        out = node.optimized_attention(q, k, v, 4)
+        assert rec.seen, "the custom node's copy did not reach arcattn"
+        ref, _ = attention_reference(*(t.double().view(2, -1, 4, 40).transpose(1, 2) for t in (q, k, v)))
+        assert rel_error(out.view(2, -1, 4, 40).transpose(1, 2), ref) < 1e-5
+        comfyui.unpatch()
+        assert node.optimized_attention is orig
+    finally:
+        del sys.modules[node.__name__], sys.modules[lazy.__name__]
+
+
 def test_env_switch_skips_patch(comfy, rec, monkeypatch):
     attention, _ = comfy
     from arcattn.hosts import comfyui

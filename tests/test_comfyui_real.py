@@ -30,6 +30,11 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
     cross_attn = [c for c in calls if "Sk=77" in c]
     assert self_attn and cross_attn, calls
     assert r["node_served"] > 0
+    # a custom node loaded before arcattn (IP-Adapter style: its attn2 replacement calls its own copy of
+    # optimized_attention) is routed too, and gets the host's function back on unpatch
+    assert r["ip_patch_calls"] > 0 and r["ip_rel_error"] < 1e-5 and r["ip_restored"]
+    ip_cross = [d["call"] for d in r["ip_decisions"] if d["calls"] > 0 and "Sk=77" in d["call"]]
+    assert ip_cross, r["ip_decisions"]
     assert r["registered"] and r["node_classes"] == ["ArcAttention"]
     assert r["restored"] == r["host_function"]
     # --cpu: the device settle_sdpa_order reads is the CPU, and no CUDA context exists once the node is imported

@@ -3,7 +3,8 @@
 Two ways in, both undoable:
 - Global patch (at node-package import): rebinds `comfy.ldm.modules.attention.optimized_attention` and
   `optimized_attention_masked`, which `CrossAttention.forward` (SD1.x/SD2/SDXL UNet) looks up at call time, plus
-  any already-imported comfy module that copied them, and registers "arcattn" in the host's attention registry.
+  any already-imported module that copied them (comfy's model modules, and custom nodes loaded before this one,
+  such as IP-Adapter nodes whose attn2 replacement calls their own copy), and registers "arcattn" in the host's attention registry.
   `ARCATTN_COMFYUI_PATCH=0` skips the rebinding.
 - Per model (the "Arc Attention" node): `transformer_options["optimized_attention_override"]`, which the host's
   `wrap_attn` consults on every attention call, so it works with or without the global patch.
@@ -34,8 +35,15 @@ def _attention_module(module=None):
     return module if module is not None else importlib.import_module(ATTENTION_MODULE)
 
 
-def _comfy_modules() -> list:
-    return [m for name, m in list(sys.modules.items()) if m is not None and name.startswith("comfy")]
+def _module_dicts() -> list:
+    """(module, its __dict__) for every loaded module. The dict, not getattr: a lazy module's __getattr__ may
+    import or warn."""
+    out = []
+    for m in list(sys.modules.values()):
+        d = getattr(m, "__dict__", None)
+        if isinstance(d, dict):
+            out.append((m, d))
+    return out
 
 
 def is_patched() -> bool:
@@ -58,12 +66,13 @@ def patch(module=None) -> bool:
     new = _wrap(mod, HostAttention(orig, "comfyui"))
     new_masked = new if orig_masked is orig else _wrap(mod, HostAttention(orig_masked, "comfyui"))
     targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
-    # Models that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy.
-    for other in _comfy_modules():
+    # Modules that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy: comfy's
+    # model modules, and custom nodes that ComfyUI loaded before this one (its folder order is the file system's).
+    for other, d in _module_dicts():
         if other is mod:
             continue
         for attr, o, n in (("optimized_attention", orig, new), ("optimized_attention_masked", orig_masked, new_masked)):
-            if getattr(other, attr, None) is o:
+            if d.get(attr) is o:
                 targets.append((other, attr, o, n))
     done = []
     try:
@@ -84,14 +93,14 @@ def patch(module=None) -> bool:
 
 def unpatch() -> None:
     """Restore every binding `patch` changed, and every copy of our functions that comfy modules imported after
-    it (e.g. a model module loaded for the first workflow that uses it)."""
+    it (e.g. a model module loaded for the first workflow that uses it, or a custom node loaded after this one)."""
     for (target, attr), o in _state.pop("originals", {}).items():
         setattr(target, attr, o)
     ours = _state.pop("ours", {})
-    for other in _comfy_modules():
+    for other, d in _module_dicts():
         for attr in ("optimized_attention", "optimized_attention_masked"):
-            hit = ours.get(id(getattr(other, attr, None)))
-            if hit is not None and hit[0] is getattr(other, attr):
+            hit = ours.get(id(d.get(attr)))
+            if hit is not None and hit[0] is d.get(attr):
                 setattr(other, attr, hit[1])
     _state.pop("module", None)
 
