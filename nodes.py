@@ -44,10 +44,13 @@ class ArcAttention:
             log.error("Arc Attention: arcattn is not loaded (%s: %s); the model passes through unchanged",
                       type(e).__name__, e)
             return (model,)
-        m = model.clone()
-        opts = m.model_options.setdefault("transformer_options", {})
-        opts = m.model_options["transformer_options"] = dict(opts)  # never share the dict with the source model
-        opts["optimized_attention_override"] = comfyui.make_override(enabled=enabled, backend=backend)
+        try:
+            m = model.clone()
+            comfyui.set_model_setting(m, enabled=enabled, backend=backend)
+        except Exception as e:  # noqa: BLE001
+            log.error("Arc Attention: could not set the model (%s: %s); the model passes through unchanged",
+                      type(e).__name__, e)
+            return (model,)
         return (m,)
 
 

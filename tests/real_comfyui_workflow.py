@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import types
 
 comfy_root, repo_root = sys.argv[1], os.path.abspath(sys.argv[2])
 sys.argv = [sys.argv[0], "--cpu"]
@@ -114,12 +115,43 @@ class InspectModel:
         return {}
 
 
-for cls in (TinySD15Loader, RandomConditioning, CaptureLatent, InspectModel):
+# An IP-Adapter-style custom node, loaded before arcattn: its module copies optimized_attention at import, and its
+# attn2 replacement calls that copy without the model's transformer_options (so the node's override never sees it)
+ip_module = types.ModuleType("ip_adapter_like_nodes")
+exec("from comfy.ldm.modules.attention import optimized_attention\n", ip_module.__dict__)
+sys.modules[ip_module.__name__] = ip_module
+IP_CALLS = [0]
+
+
+def ip_attn2(n, context, value, extra_options):
+    IP_CALLS[0] += 1
+    return ip_module.optimized_attention(n, context, value, extra_options["n_heads"])
+
+
+class IPAdapterLike:
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = "arcattn-test"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    def apply(self, model):
+        m = model.clone()
+        for name in ("input", "middle", "output"):
+            for number in range(12):  # every block the tiny UNet may have; those it lacks are never looked up
+                m.set_model_attn2_replace(ip_attn2, name, number)
+        return (m,)
+
+
+for cls in (TinySD15Loader, RandomConditioning, CaptureLatent, InspectModel, IPAdapterLike):
     nodes.NODE_CLASS_MAPPINGS[cls.__name__] = cls
 
 
-def prompt(tag, arc=None):
-    """Loader -> [Arc Attention] -> KSampler (2 euler steps, CFG 4: cond and uncond in one batch) -> capture."""
+def prompt(tag, arc=None, ip=False):
+    """Loader -> [IP-Adapter-like] -> [Arc Attention] -> KSampler (2 euler steps, CFG 4: cond and uncond in one
+    batch) -> capture."""
     p = {
         "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 7}},
         "2": {"class_type": "RandomConditioning", "inputs": {"seed": 1}},
@@ -130,8 +162,11 @@ def prompt(tag, arc=None):
             "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
         "6": {"class_type": "CaptureLatent", "inputs": {"samples": ["5", 0], "tag": tag}},
     }
+    if ip:
+        p["11"] = {"class_type": "IPAdapterLike", "inputs": {"model": ["1", 0]}}
+        p["5"]["inputs"]["model"] = ["11", 0]
     if arc is not None:
-        p["10"] = {"class_type": "ArcAttention", "inputs": {"model": ["1", 0], **arc}}
+        p["10"] = {"class_type": "ArcAttention", "inputs": {"model": p["5"]["inputs"]["model"], **arc}}
         p["5"]["inputs"]["model"] = ["10", 0]
     return p
 
@@ -147,14 +182,16 @@ def run(p):
     return ([d for d in arcattn.get_router().decisions() if d["calls"] > 0] if "arcattn" in sys.modules else []), None
 
 
-def rel(tag):
+def rel(tag, ref="stock"):
     from arcattn.reference import rel_error  # arcattn is loaded by then (by the node package)
-    return rel_error(CAPTURED[tag], CAPTURED["stock"])
+    return rel_error(CAPTURED[tag], CAPTURED[ref])
 
 
 result = {"stood_in": stood_in}
 assert "arcattn" not in sys.modules
 run(prompt("stock"))  # ComfyUI's own attention: the reference
+run(prompt("ip_stock", ip=True))
+result["ip_stock_patch_calls"] = IP_CALLS[0]
 result["host_function"] = attention.optimized_attention.__name__
 
 result["node_loaded"] = asyncio.run(nodes.load_custom_node(repo_root))
@@ -172,6 +209,18 @@ for tag, arc in cases.items():
     result[tag] = {"rel_error": rel(tag), "served": sum(d["calls"] for d in decisions),
                    "calls": sorted({d["call"] for d in decisions}),
                    "backends": sorted({d["backend"] for d in decisions})}
+
+# the IP-Adapter-like node's calls through its own copy: served by the global patch, and by the node's setting
+# (its model wrapper) when the Arc Attention node follows it; off leaves every call to the host
+for tag, arc in {"ip_plain": None, "ip_node_sdpa": {"enabled": True, "backend": "sdpa"},
+                 "ip_node_off": {"enabled": False, "backend": "auto"}}.items():
+    IP_CALLS[0] = 0
+    decisions, err = run(prompt(tag, arc, ip=True))
+    assert err is None, err
+    result[tag] = {"rel_error": rel(tag, "ip_stock"), "served": sum(d["calls"] for d in decisions),
+                   "calls": sorted({d["call"] for d in decisions}),
+                   "backends": sorted({d["backend"] for d in decisions}), "patch_calls": IP_CALLS[0]}
+result["ip_copy_is_ours"] = ip_module.optimized_attention is attention.optimized_attention
 
 # the loader's model, shared with the node in one prompt, carries no override once the node has run and sampled
 p = prompt("with_inspect", {"enabled": True, "backend": "auto"})

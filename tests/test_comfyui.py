@@ -319,6 +319,45 @@ def test_node_enables_and_disables_per_model(comfy, rec, rng, patched):
     assert len(rec.seen) == 1  # sdpa preferred over the recorder
 
 
+def test_node_setting_holds_for_calls_without_transformer_options(comfy, rec, rng):
+    """With the global patch on, a call made inside the node's model without its transformer_options (an IP-Adapter
+    node calling its own copy of optimized_attention) follows the node: off is the host's function, a named
+    backend is preferred; outside any such model the global patch serves it. A second node replaces the first's
+    model wrapper."""
+    attention, patcher = comfy
+    from arcattn.hosts import comfyui
+    import comfy.patcher_extension as ext
+    import nodes as arc_nodes
+    comfyui.patch(attention)
+    copy = attention.optimized_attention  # what a custom node loaded after arcattn holds
+    model = patcher.ModelPatcher(torch.nn.Identity())
+    q, k, v = inputs(rng)
+    host = attention.attention_pytorch(q, k, v, 4)
+
+    def apply_model(m):  # what ComfyUI's BaseModel.apply_model runs: the model's APPLY_MODEL wrappers around it
+        rec.seen.clear()
+        attention.CALLS.clear()
+        return ext.run_with_wrappers(m.get_all_wrappers(ext.WrappersMP.APPLY_MODEL), copy, q, k, v, 4)
+
+    (on,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="auto")
+    assert not model.wrappers  # the source model is untouched
+    out = apply_model(on)
+    assert len(rec.seen) == 1 and attention.CALLS == [] and rel_error(out, host) < 1e-5
+
+    (off,) = arc_nodes.ArcAttention().apply(on, enabled=False, backend="auto")
+    assert len(off.get_all_wrappers(ext.WrappersMP.APPLY_MODEL)) == 1  # the later node's, in place of the first's
+    out = apply_model(off)
+    assert rec.seen == [] and attention.CALLS == ["attention_pytorch"] and rel_error(out, host) < 1e-6
+
+    (forced,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="sdpa")
+    out = apply_model(forced)
+    assert rec.seen == [] and attention.CALLS == [] and rel_error(out, host) < 1e-5  # sdpa, not the recorder
+
+    apply_model(model)  # no node: the global patch's choice
+    assert len(rec.seen) == 1 and attention.CALLS == []
+    assert comfyui._model_setting.get() is None  # nothing left set after the model returned
+
+
 def test_node_package_import_patches_and_registers(comfy, rng):
     attention, _ = comfy
     for name in ("nodes", "_loader"):

@@ -94,6 +94,17 @@ def test_real_workflow_through_comfyui_loader_validation_and_executor():
     # disabled on the node: the host's own function, untouched, even with the global patch on
     assert r["node_off"] == {"rel_error": 0.0, "served": 0, "calls": [], "backends": []}
     assert r["source_has_override"] is False
+    # an IP-Adapter-style node loaded before arcattn, whose attn2 replacement calls its own copy of
+    # optimized_attention without transformer_options: the copy is arcattn's, and its calls follow the node
+    assert r["ip_stock_patch_calls"] > 0 and r["ip_copy_is_ours"]
+    for tag in ("ip_plain", "ip_node_sdpa"):
+        case = r[tag]
+        assert case["patch_calls"] > 0 and case["rel_error"] < 1e-5, (tag, case)
+        assert any("Sk=77" in c for c in case["calls"]) and any("Sk=77" not in c for c in case["calls"]), case
+    assert r["ip_node_sdpa"]["backends"] == ["sdpa"]
+    assert r["ip_node_off"]["patch_calls"] > 0
+    assert {k: r["ip_node_off"][k] for k in ("rel_error", "served", "calls")} == {"rel_error": 0.0, "served": 0,
+                                                                                 "calls": []}
     # arcattn failing on every call: the generation goes on with the host's attention, one log line
     # (a prompt that failed to run would have stopped the script: returncode above)
     assert r["broken"]["rel_error"] == 0.0

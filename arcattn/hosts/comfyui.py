@@ -7,10 +7,13 @@ Two ways in, both undoable:
   such as IP-Adapter nodes whose attn2 replacement calls their own copy), and registers "arcattn" in the host's attention registry.
   `ARCATTN_COMFYUI_PATCH=0` skips the rebinding.
 - Per model (the "Arc Attention" node): `transformer_options["optimized_attention_override"]`, which the host's
-  `wrap_attn` consults on every attention call, so it works with or without the global patch.
+  `wrap_attn` consults on every attention call, so it works with or without the global patch. With the global
+  patch on, the node also wraps the model's apply_model (a ComfyUI model wrapper) so that its setting holds for
+  the calls that carry no transformer_options, such as an IP-Adapter node's through its own copy of the function.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.util
 import logging
@@ -29,6 +32,18 @@ ENV_PATCH = "ARCATTN_COMFYUI_PATCH"
 REGISTRY_NAME = "arcattn"
 
 _state: dict = {}  # "module", "originals": {(module, attr): original}, "registered": bool
+# (enabled, preferred backend) of the Arc Attention node of the model running now, set by its model wrapper
+_model_setting: contextvars.ContextVar = contextvars.ContextVar("arcattn_comfyui_model_setting", default=None)
+MODEL_WRAPPER_KEY = "arcattn"
+
+
+class ComfyAttention(HostAttention):
+    """The global patch's function. Inside a model that the Arc Attention node set, that node's setting holds for
+    every call, also for those made without the model's transformer_options (which the node's override needs)."""
+
+    def setting(self) -> tuple:
+        s = _model_setting.get()
+        return s if s is not None else (self.enabled, self.prefer)
 
 
 def _attention_module(module=None):
@@ -63,8 +78,8 @@ def patch(module=None) -> bool:
     mod = _attention_module(module)
     orig = mod.optimized_attention
     orig_masked = getattr(mod, "optimized_attention_masked", orig)
-    new = _wrap(mod, HostAttention(orig, "comfyui"))
-    new_masked = new if orig_masked is orig else _wrap(mod, HostAttention(orig_masked, "comfyui"))
+    new = _wrap(mod, ComfyAttention(orig, "comfyui"))
+    new_masked = new if orig_masked is orig else _wrap(mod, ComfyAttention(orig_masked, "comfyui"))
     targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
     # Modules that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy: comfy's
     # model modules, and custom nodes that ComfyUI loaded before this one (its folder order is the file system's).
@@ -112,7 +127,7 @@ def register(module=None) -> bool:
     if not callable(reg) or REGISTRY_NAME in getattr(mod, "REGISTERED_ATTENTION_FUNCTIONS", {}):
         return False
     base = _state.get("originals", {}).get((mod, "optimized_attention"), mod.optimized_attention)
-    reg(REGISTRY_NAME, _wrap(mod, HostAttention(_unwrap_ours(base), "comfyui")))
+    reg(REGISTRY_NAME, _wrap(mod, ComfyAttention(_unwrap_ours(base), "comfyui")))
     _state["registered"] = True
     return True
 
@@ -225,3 +240,39 @@ def make_override(enabled: bool = True, backend: Optional[str] = None) -> Callab
 
     arcattn_override.arcattn = {"enabled": enabled, "backend": backend or "auto"}
     return arcattn_override
+
+
+def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> Callable:
+    """A ComfyUI model wrapper (`wrapper(executor, *args, **kwargs)`, for WrappersMP.APPLY_MODEL) under which the
+    global patch's function follows this setting."""
+    setting = (enabled, None if backend in (None, "", "auto") else backend)
+
+    def arcattn_model_wrapper(executor, *args, **kwargs):
+        token = _model_setting.set(setting)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            _model_setting.reset(token)
+
+    arcattn_model_wrapper.arcattn = {"enabled": enabled, "backend": backend or "auto"}
+    return arcattn_model_wrapper
+
+
+def set_model_setting(patcher, enabled: bool = True, backend: Optional[str] = None) -> None:
+    """Give a (cloned) ModelPatcher the node's setting: the override in its transformer_options, and, where the host
+    has model wrappers, the wrapper above in place of any earlier node's."""
+    opts = patcher.model_options.setdefault("transformer_options", {})
+    opts = patcher.model_options["transformer_options"] = dict(opts)  # never share the dict with the source model
+    opts["optimized_attention_override"] = make_override(enabled=enabled, backend=backend)
+    add = getattr(patcher, "add_wrapper_with_key", None)
+    if not callable(add):
+        return  # a ComfyUI before model wrappers: the override alone
+    try:
+        from comfy.patcher_extension import WrappersMP
+        kind = WrappersMP.APPLY_MODEL
+    except Exception:  # noqa: BLE001
+        return
+    remove = getattr(patcher, "remove_wrappers_with_key", None)
+    if callable(remove):
+        remove(kind, MODEL_WRAPPER_KEY)
+    add(kind, MODEL_WRAPPER_KEY, make_model_wrapper(enabled=enabled, backend=backend))

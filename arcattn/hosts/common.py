@@ -51,11 +51,15 @@ class HostAttention:
         self.__qualname__ = self.__name__
         self.__doc__ = f"arcattn attention for {host} (falls back to {getattr(original, '__name__', original)})"
 
+    def setting(self) -> tuple:
+        """(enabled, preferred backend) for the call being made; hosts with a per-model setting override this."""
+        return self.enabled, self.prefer
+
     def __call__(self, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                  skip_output_reshape=False, **kwargs):
-        if not self.enabled:
+        enabled, prefer = self.setting()
+        if not enabled:
             return self._original(q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
-        prefer = self.prefer
         try:
             if kwargs.get("low_precision_attention") is False:
                 prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
