@@ -121,6 +121,60 @@ def test_patch_reaches_custom_nodes_loaded_before_it(comfy, rec, rng):
         del sys.modules[node.__name__], sys.modules[lazy.__name__]
 
 
+def test_patch_does_not_load_lazy_modules_and_survives_one_that_cannot(comfy, rec, tmp_path, monkeypatch):
+    """Finding the copies reads no module attribute: a module loaded lazily (importlib.util.LazyLoader, as
+    lazy_loader and networkx make them) stays unloaded, even one whose import would fail."""
+    import importlib.util
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    (tmp_path / "lazy_ok_mod.py").write_text("RAN = True\n")
+    (tmp_path / "lazy_broken_mod.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lazies = {}
+    for name in ("lazy_ok_mod", "lazy_broken_mod"):
+        spec = importlib.util.find_spec(name)
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        lazies[name] = module
+    orig = attention.optimized_attention
+    assert comfyui.load(attention) and attention.optimized_attention is not orig
+    comfyui.unpatch()
+    assert attention.optimized_attention is orig
+    assert all(type(m).__name__ == "_LazyModule" for m in lazies.values())  # neither was loaded
+    assert lazies["lazy_ok_mod"].RAN  # and a lazy module still loads when it is used
+
+
+def test_checkpoint_recomputation_passes_through(rng):
+    """Non-reentrant checkpointing stops its recomputation with an exception raised inside the op that saves the
+    last tensor it needs; the wrapper must let it through rather than serve the call again with the host's
+    function. Gradients as the host's own function gives them."""
+    import torch.utils.checkpoint as checkpoint
+    from arcattn.hosts.common import HostAttention
+
+    def host(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **kw):
+        b, _, hd = q.shape
+        q, k, v = (t.reshape(b, -1, heads, hd // heads).transpose(1, 2) for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, -1, hd)
+
+    proj = torch.nn.Linear(32, 96).double()
+    x = torch.randn(2, 40, 32, generator=rng, dtype=torch.float64)
+    grads = []
+    for fn in (host, HostAttention(host, "test")):
+        def block(t):
+            q, k, v = proj(t).chunk(3, dim=-1)
+            return fn(q, k, v, 4)  # the last op in the block that saves tensors for backward
+        xi = x.clone().requires_grad_(True)
+        proj.zero_grad()
+        checkpoint.checkpoint(block, xi, use_reentrant=False).pow(2).sum().backward()
+        grads.append((xi.grad.clone(), proj.weight.grad.clone()))
+    assert fn.fallbacks == {}, fn.fallbacks
+    for ours, ref in zip(grads[1], grads[0]):
+        assert rel_error(ours, ref) < 1e-10
+
+
 def test_env_switch_skips_patch(comfy, rec, monkeypatch):
     attention, _ = comfy
     from arcattn.hosts import comfyui
@@ -334,10 +388,11 @@ def test_node_setting_holds_for_calls_without_transformer_options(comfy, rec, rn
     q, k, v = inputs(rng)
     host = attention.attention_pytorch(q, k, v, 4)
 
-    def apply_model(m):  # what ComfyUI's BaseModel.apply_model runs: the model's APPLY_MODEL wrappers around it
-        rec.seen.clear()
+    def apply_model(m, grad=False):  # a sampling step as ComfyUI runs it: inference mode, the model's
+        rec.seen.clear()             # CALC_COND_BATCH wrappers around the step
         attention.CALLS.clear()
-        return ext.run_with_wrappers(m.get_all_wrappers(ext.WrappersMP.APPLY_MODEL), copy, q, k, v, 4)
+        with torch.inference_mode(not grad), torch.set_grad_enabled(grad):
+            return ext.run_with_wrappers(m.get_all_wrappers(ext.WrappersMP.CALC_COND_BATCH), copy, q, k, v, 4)
 
     (on,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="auto")
     assert not model.wrappers  # the source model is untouched
@@ -345,9 +400,13 @@ def test_node_setting_holds_for_calls_without_transformer_options(comfy, rec, rn
     assert len(rec.seen) == 1 and attention.CALLS == [] and rel_error(out, host) < 1e-5
 
     (off,) = arc_nodes.ArcAttention().apply(on, enabled=False, backend="auto")
-    assert len(off.get_all_wrappers(ext.WrappersMP.APPLY_MODEL)) == 1  # the later node's, in place of the first's
+    assert len(off.get_all_wrappers(ext.WrappersMP.CALC_COND_BATCH)) == 1  # the later node's, not the first's
     out = apply_model(off)
     assert rec.seen == [] and attention.CALLS == ["attention_pytorch"] and rel_error(out, host) < 1e-6
+    # with autograd on (training: a checkpointed block is recomputed after the wrapper returned) the wrapper
+    # leaves the choice to the global patch, so forward and recomputation take the same path
+    apply_model(off, grad=True)
+    assert len(rec.seen) == 1 and attention.CALLS == []
 
     (forced,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="sdpa")
     out = apply_model(forced)

@@ -8,8 +8,9 @@ Two ways in, both undoable:
   `ARCATTN_COMFYUI_PATCH=0` skips the rebinding.
 - Per model (the "Arc Attention" node): `transformer_options["optimized_attention_override"]`, which the host's
   `wrap_attn` consults on every attention call, so it works with or without the global patch. With the global
-  patch on, the node also wraps the model's apply_model (a ComfyUI model wrapper) so that its setting holds for
-  the calls that carry no transformer_options, such as an IP-Adapter node's through its own copy of the function.
+  patch on, the node also wraps the model's sampling steps (a ComfyUI model wrapper) so that its setting holds for
+  the calls that carry no transformer_options, such as an IP-Adapter node's through its own copy of the function
+  or a ControlNet's.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from ..env import env_flag
-from .common import HostAttention
+from .common import HostAttention, loaded_module_dicts
 
 log = logging.getLogger("arcattn")
 
@@ -51,14 +52,7 @@ def _attention_module(module=None):
 
 
 def _module_dicts() -> list:
-    """(module, its __dict__) for every loaded module. The dict, not getattr: a lazy module's __getattr__ may
-    import or warn."""
-    out = []
-    for m in list(sys.modules.values()):
-        d = getattr(m, "__dict__", None)
-        if isinstance(d, dict):
-            out.append((m, d))
-    return out
+    return [(m, d) for _, m, d in loaded_module_dicts()]
 
 
 def is_patched() -> bool:
@@ -243,11 +237,16 @@ def make_override(enabled: bool = True, backend: Optional[str] = None) -> Callab
 
 
 def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> Callable:
-    """A ComfyUI model wrapper (`wrapper(executor, *args, **kwargs)`, for WrappersMP.APPLY_MODEL) under which the
-    global patch's function follows this setting."""
+    """A ComfyUI model wrapper (`wrapper(executor, *args, **kwargs)`, for WrappersMP.CALC_COND_BATCH: one sampling
+    step of the model, its ControlNets included) under which the global patch's function follows this setting.
+
+    Only where autograd is off, as in ComfyUI's sampling (inference mode): a backward pass runs after the wrapper
+    has returned, and a checkpointed block recomputed then must take the same path as its forward did."""
     setting = (enabled, None if backend in (None, "", "auto") else backend)
 
     def arcattn_model_wrapper(executor, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return executor(*args, **kwargs)
         token = _model_setting.set(setting)
         try:
             return executor(*args, **kwargs)
@@ -269,7 +268,7 @@ def set_model_setting(patcher, enabled: bool = True, backend: Optional[str] = No
         return  # a ComfyUI before model wrappers: the override alone
     try:
         from comfy.patcher_extension import WrappersMP
-        kind = WrappersMP.APPLY_MODEL
+        kind = getattr(WrappersMP, "CALC_COND_BATCH", None) or WrappersMP.APPLY_MODEL
     except Exception:  # noqa: BLE001
         return
     remove = getattr(patcher, "remove_wrappers_with_key", None)

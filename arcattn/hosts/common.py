@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections import Counter
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
+
+import torch
 
 from ..api import get_router
 from ..call import make_call
@@ -21,6 +24,27 @@ log = logging.getLogger("arcattn")
 
 # (host, reason) pairs already logged: once per process, however many wrappers a node builds per run
 _warned: set = set()
+
+# Exceptions torch uses for control flow through the call, not failures: non-reentrant checkpointing stops its
+# recomputation by raising this from inside the op that saves the last tensor it needs
+_CONTROL_FLOW = tuple(c for c in (getattr(getattr(torch.utils, "checkpoint", None), "_StopRecomputationError", None),)
+                      if isinstance(c, type))
+
+
+def loaded_module_dicts() -> Iterator[tuple]:
+    """(name, module, its namespace dict) for every loaded module, to find the copies of a host function that other
+    modules took. The dict is read past any __getattribute__ or __getattr__ of the module's class: reading an
+    attribute of a lazily loaded module (importlib.util.LazyLoader) runs its deferred import, which may fail or be
+    slow. Entries that are not modules, or whose dict cannot be read so, are skipped."""
+    for name, mod in list(sys.modules.items()):
+        if not isinstance(mod, type(sys)):
+            continue
+        try:
+            d = object.__getattribute__(mod, "__dict__")
+        except Exception:  # noqa: BLE001
+            continue
+        if isinstance(d, dict):
+            yield name, mod, d
 
 
 class HostAttention:
@@ -75,6 +99,8 @@ class HostAttention:
                              out_layout="bhsd" if skip_output_reshape else "bsd",
                              mask=m, scale=kwargs.get("scale") if self.takes_scale else None)
             return get_router().run(call, prefer=prefer)
+        except _CONTROL_FLOW:
+            raise
         except Exception as e:  # noqa: BLE001 - the host's own function takes over
             return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)
 

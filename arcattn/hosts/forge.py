@@ -35,7 +35,7 @@ import sys
 from typing import Iterable, Optional
 
 from ..backends import NAMES
-from .common import HostAttention
+from .common import HostAttention, loaded_module_dicts
 
 log = logging.getLogger("arcattn")
 
@@ -115,10 +115,8 @@ def _owner_module(name: str):
 
 
 def _module_items():
-    for name, mod in list(sys.modules.items()):
-        d = getattr(mod, "__dict__", None)
-        if isinstance(d, dict):
-            yield name, d
+    for name, _, d in loaded_module_dicts():
+        yield name, d
 
 
 # -- install / uninstall ------------------------------------------------------------------------------------
