@@ -24,6 +24,11 @@ log = logging.getLogger("arcattn")
 
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: CUDA's only
 
+# Exceptions torch uses for control flow through a call, not failures: non-reentrant checkpointing stops its
+# recomputation by raising this from inside the op that saves the last tensor it needs. Never a fallback.
+CONTROL_FLOW = tuple(c for c in (getattr(getattr(torch.utils, "checkpoint", None), "_StopRecomputationError", None),)
+                     if isinstance(c, type))
+
 
 class BackendUnsupported(ValueError):
     """A backend named explicitly through the public API cannot serve the call."""
@@ -95,6 +100,8 @@ class Router:
             return b.run(call)
         try:
             return b.run(call)
+        except CONTROL_FLOW:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of a fast path must become a fallback
             return self._failed(dkey, d, call, e)
 

@@ -84,6 +84,23 @@ def test_processor_falls_back_when_arcattn_breaks(unet, rng, monkeypatch):
     assert rel_error(out, ref) < 1e-5
 
 
+def test_processor_lets_torchs_checkpoint_stop_signal_through(unet, rng):
+    """torch's checkpoint stops a recomputation by raising from inside an op: not a failure to serve again with the
+    stock processor."""
+    from arcattn.dispatch import CONTROL_FLOW
+    assert CONTROL_FLOW, "this torch has no checkpoint stop signal to test"
+    attn = next(m for m in unet.modules() if isinstance(m, diffusers.models.attention_processor.Attention))
+    h = torch.randn(1, 64, attn.to_q.in_features, generator=rng)
+
+    class Stopping:
+        def run(self, call, prefer=None):
+            raise CONTROL_FLOW[0]()
+    proc = arc_diffusers.ArcAttnProcessor()
+    proc.router = Stopping()
+    with torch.no_grad(), pytest.raises(CONTROL_FLOW[0]):
+        proc(attn, h)
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_processor_follows_every_stock_step(rng, fail):
     """qk norms, a 4-D (image) input, the residual, rescale_output_factor and a padding mask, against the stock

@@ -92,6 +92,30 @@ def test_out_of_memory_is_not_marked_broken(rng):
     assert t["boom"]["served"] == 2 and t["sdpa"]["served"] == 1
 
 
+def test_checkpoint_stop_signal_passes_through_and_marks_nothing_broken(rng):
+    """torch's checkpoint stops a recomputation by raising from inside an op: the router lets it through (no
+    fallback run, no log, no broken mark), and the next call of the shape still goes to the backend."""
+    from arcattn.dispatch import CONTROL_FLOW
+    assert CONTROL_FLOW, "this torch has no checkpoint stop signal to test"
+
+    class Stopping(Boom):
+        def run(self, call):
+            self.runs += 1
+            if self.runs == 1:
+                raise CONTROL_FLOW[0]()
+            return SDPABackend().run(call)
+    stopping = Stopping()
+    router = Router([stopping, SDPABackend()], disabled=(), prefer="")
+    arcattn.set_router(router)
+    q, k, v = qkv(rng)
+    with pytest.raises(CONTROL_FLOW[0]):
+        arcattn.attention(q, k, v, heads=2)
+    arcattn.attention(q, k, v, heads=2)
+    assert stopping.runs == 2
+    t = router.telemetry()
+    assert t["boom"]["served"] == 2 and t["sdpa"]["served"] == 0
+
+
 def test_broken_is_per_signature(rng):
     boom = Boom()
     router = Router([boom, SDPABackend()], disabled=(), prefer="")

@@ -14,21 +14,14 @@ import sys
 from collections import Counter
 from typing import Callable, Iterator, Optional
 
-import torch
-
 from ..api import get_router
 from ..call import make_call
-from ..dispatch import one_line
+from ..dispatch import CONTROL_FLOW, one_line
 
 log = logging.getLogger("arcattn")
 
 # (host, reason) pairs already logged: once per process, however many wrappers a node builds per run
 _warned: set = set()
-
-# Exceptions torch uses for control flow through the call, not failures: non-reentrant checkpointing stops its
-# recomputation by raising this from inside the op that saves the last tensor it needs
-_CONTROL_FLOW = tuple(c for c in (getattr(getattr(torch.utils, "checkpoint", None), "_StopRecomputationError", None),)
-                      if isinstance(c, type))
 
 
 def loaded_module_dicts() -> Iterator[tuple]:
@@ -99,7 +92,7 @@ class HostAttention:
                              out_layout="bhsd" if skip_output_reshape else "bsd",
                              mask=m, scale=kwargs.get("scale") if self.takes_scale else None)
             return get_router().run(call, prefer=prefer)
-        except _CONTROL_FLOW:
+        except CONTROL_FLOW:
             raise
         except Exception as e:  # noqa: BLE001 - the host's own function takes over
             return self._fallback(e, q, k, v, heads, mask, attn_precision, skip_reshape, skip_output_reshape, kwargs)

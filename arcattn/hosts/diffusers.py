@@ -15,7 +15,7 @@ import torch
 
 from ..api import get_router
 from ..call import make_call
-from ..dispatch import Router, one_line
+from ..dispatch import CONTROL_FLOW, Router, one_line
 
 log = logging.getLogger("arcattn")
 
@@ -111,6 +111,8 @@ class ArcAttnProcessor:
         try:
             call = make_call(q, k, v, heads=heads, layout=layout, out_layout="bsd", mask=mask, scale=scale)
             return (self.router or get_router()).run(call, prefer=self.backend)
+        except CONTROL_FLOW:
+            raise
         except Exception as e:  # noqa: BLE001 - a generation is never lost because of arcattn
             raise _Unserved() from e
 
