@@ -113,6 +113,25 @@ def test_modules_imported_after_install_get_the_wrapper_and_are_restored(host):
     assert U.attention_function is original
 
 
+def test_install_leaves_lazy_modules_unloaded(host, tmp_path, monkeypatch):
+    """Finding the copies reads no module attribute: a lazily loaded module (importlib.util.LazyLoader) stays
+    unloaded, and one whose deferred import would fail does not stop the install."""
+    import importlib.util
+    host(STANDINS)
+    import backend.attention as A
+    (tmp_path / "forge_lazy_broken_mod.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = importlib.util.find_spec("forge_lazy_broken_mod")
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    lazy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "forge_lazy_broken_mod", lazy)
+    spec.loader.exec_module(lazy)
+    original = A.attention_function
+    assert "backend.attention.attention_function" in forge.install()
+    forge.uninstall()
+    assert A.attention_function is original and type(lazy).__name__ == "_LazyModule"
+
+
 def test_no_forge_installs_nothing(host):
     assert forge.install() == [] and not forge.installed() and forge.layouts() == []
 
