@@ -129,10 +129,9 @@ def test_patch_does_not_load_lazy_modules_and_survives_one_that_cannot(comfy, re
     from arcattn.hosts import comfyui
     (tmp_path / "lazy_ok_mod.py").write_text("RAN = True\n")
     (tmp_path / "lazy_broken_mod.py").write_text("import no_such_module_anywhere\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     lazies = {}
     for name in ("lazy_ok_mod", "lazy_broken_mod"):
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
         spec.loader = importlib.util.LazyLoader(spec.loader)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, name, module)

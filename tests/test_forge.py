@@ -120,7 +120,8 @@ def test_install_leaves_lazy_modules_unloaded(host, tmp_path, monkeypatch):
     host(STANDINS)
     import backend.attention as A
     (tmp_path / "forge_lazy_broken_mod.py").write_text("import no_such_module_anywhere\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    host(str(tmp_path))  # the fixture takes it off sys.path again (monkeypatch's syspath_prepend would put back
+    #                      the stand-in root, which the fixture removes before monkeypatch undoes)
     spec = importlib.util.find_spec("forge_lazy_broken_mod")
     spec.loader = importlib.util.LazyLoader(spec.loader)
     lazy = importlib.util.module_from_spec(spec)
