@@ -26,8 +26,11 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 # Exceptions torch uses for control flow through a call, not failures: non-reentrant checkpointing stops its
 # recomputation by raising this from inside the op that saves the last tensor it needs. Never a fallback.
-CONTROL_FLOW = tuple(c for c in (getattr(getattr(torch.utils, "checkpoint", None), "_StopRecomputationError", None),)
-                     if isinstance(c, type))
+try:
+    import torch.utils.checkpoint as _checkpoint
+except Exception:  # noqa: BLE001 - a torch without it has no such signal
+    _checkpoint = None
+CONTROL_FLOW = tuple(c for c in (getattr(_checkpoint, "_StopRecomputationError", None),) if isinstance(c, type))
 
 
 class BackendUnsupported(ValueError):

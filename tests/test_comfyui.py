@@ -137,6 +137,11 @@ def test_patch_does_not_load_lazy_modules_and_survives_one_that_cannot(comfy, re
         monkeypatch.setitem(sys.modules, name, module)
         spec.loader.exec_module(module)
         lazies[name] = module
+
+    class LazyProxy:  # not a module: a lazy stand-in some packages put in sys.modules
+        def __getattribute__(self, name):
+            raise ImportError(f"deferred import failed ({name})")
+    monkeypatch.setitem(sys.modules, "lazy_proxy_mod", LazyProxy())
     orig = attention.optimized_attention
     assert comfyui.load(attention) and attention.optimized_attention is not orig
     comfyui.unpatch()

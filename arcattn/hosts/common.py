@@ -30,7 +30,7 @@ def loaded_module_dicts() -> Iterator[tuple]:
     attribute of a lazily loaded module (importlib.util.LazyLoader) runs its deferred import, which may fail or be
     slow. Entries that are not modules, or whose dict cannot be read so, are skipped."""
     for name, mod in list(sys.modules.items()):
-        if not isinstance(mod, type(sys)):
+        if not issubclass(type(mod), type(sys)):  # type(): a proxy's __class__ hook is never run
             continue
         try:
             d = object.__getattribute__(mod, "__dict__")
