@@ -51,10 +51,6 @@ def _attention_module(module=None):
     return module if module is not None else importlib.import_module(ATTENTION_MODULE)
 
 
-def _module_dicts() -> list:
-    return [(m, d) for _, m, d in loaded_module_dicts()]
-
-
 def is_patched() -> bool:
     return bool(_state.get("originals"))
 
@@ -77,7 +73,7 @@ def patch(module=None) -> bool:
     targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
     # Modules that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy: comfy's
     # model modules, and custom nodes that ComfyUI loaded before this one (its folder order is the file system's).
-    for other, d in _module_dicts():
+    for _, other, d in loaded_module_dicts():
         if other is mod:
             continue
         for attr, o, n in (("optimized_attention", orig, new), ("optimized_attention_masked", orig_masked, new_masked)):
@@ -106,7 +102,7 @@ def unpatch() -> None:
     for (target, attr), o in _state.pop("originals", {}).items():
         setattr(target, attr, o)
     ours = _state.pop("ours", {})
-    for other, d in _module_dicts():
+    for _, other, d in loaded_module_dicts():
         for attr in ("optimized_attention", "optimized_attention_masked"):
             hit = ours.get(id(d.get(attr)))
             if hit is not None and hit[0] is d.get(attr):
@@ -253,7 +249,6 @@ def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> C
         finally:
             _model_setting.reset(token)
 
-    arcattn_model_wrapper.arcattn = {"enabled": enabled, "backend": backend or "auto"}
     return arcattn_model_wrapper
 
 

@@ -114,11 +114,6 @@ def _owner_module(name: str):
         return None
 
 
-def _module_items():
-    for name, _, d in loaded_module_dicts():
-        yield name, d
-
-
 # -- install / uninstall ------------------------------------------------------------------------------------
 def install(*, enabled: Optional[bool] = None, backend: Optional[str] = None) -> list:
     """Route the host's UNet attention through arcattn. Idempotent: a second call only picks up modules that
@@ -161,7 +156,7 @@ def _rebind(names: Iterable[str], skip: Iterable[str]) -> list:
     by_original = {id(w.original): w for w in _state.wrappers.values()}
     skip = set(skip)
     changed = []
-    for mname, d in _module_items():
+    for mname, _, d in loaded_module_dicts():
         if mname in skip:
             continue
         for attr in names:
@@ -180,7 +175,7 @@ def uninstall() -> list:
     ours = {id(w): w for w in _state.wrappers.values()}
     names = {a for _, _, attrs, _ in LAYOUTS for a in attrs}
     restored = []
-    for mname, d in _module_items():
+    for mname, _, d in loaded_module_dicts():
         for attr in names:
             w = ours.get(id(d.get(attr)))
             if w is not None:
