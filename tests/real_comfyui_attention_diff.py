@@ -1,6 +1,7 @@
 """Run inside a ComfyUI checkout (path in argv[1], repo in argv[2], case count in argv[3]): arcattn's wrapper
 (as the node's override builds it) against each of ComfyUI's own attention functions on random inputs a host
-can pass: both input layouts, both output layouts, float masks of every shape ComfyUI reads, fp32 and fp64.
+can pass: both input layouts, both output layouts, float masks of every shape ComfyUI reads, fp32 and fp64; and q
+in tiles beside whole k and v, as HyperTile passes them.
 Prints one JSON line. Used by tests/test_comfyui_real.py in a subprocess (ComfyUI parses sys.argv)."""
 import json
 import sys
@@ -86,5 +87,30 @@ with torch.no_grad():
                                           skip_output_reshape=c["skip_output_reshape"],
                                           vs_ref=e_ref, vs_host=e_host, host_vs_ref=e_host_ref))
 served = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
-print(json.dumps({"functions": results, "calls": n_cases * len(FUNCTIONS), "served": served,
+
+# q in tiles beside whole k and v (ComfyUI's HyperTile: q (B * T, S / T, C), k and v (B, S, C)): every function
+# reads k and v by q's batch, so each tile attends to S / T consecutive keys
+tiled = {"cases": 0, "worst_vs_ref": 0.0, "worst_vs_host": 0.0, "failures": []}
+served_before = sum(v["served"] for v in arcattn.telemetry().values())
+with torch.no_grad():
+    for i in range(max(1, n_cases // 10)):
+        B, T, H, D, St = pick((1, 2)), pick((2, 4, 16)), pick((1, 5, 8)), pick((8, 40, 64)), pick((1, 7, 16))
+        dtype = pick((torch.float32, torch.float64))
+        q, k, v = (torch.randn(B * T if n == "q" else B, St if n == "q" else St * T, H * D, generator=g,
+                               dtype=torch.float64) for n in "qkv")
+        ref, _ = attention_reference(*(t.reshape(B * T, -1, H, D).transpose(1, 2) for t in (q, k, v)))
+        ref = ref.transpose(1, 2).flatten(2)
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        for name in FUNCTIONS:
+            fn = getattr(attention, name)
+            out, host = override(fn, q, k, v, H), fn(q, k, v, H)
+            e_ref, e_host = rel_error(out, ref), rel_error(out, host.double())
+            tiled["cases"] += 1
+            tiled["worst_vs_ref"] = max(tiled["worst_vs_ref"], e_ref)
+            tiled["worst_vs_host"] = max(tiled["worst_vs_host"], e_host)
+            if e_ref >= TOL[dtype] or e_host >= TOL[dtype]:
+                tiled["failures"].append(dict(function=name, B=B, T=T, H=H, D=D, St=St, dtype=str(dtype),
+                                              vs_ref=e_ref, vs_host=e_host))
+tiled["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+print(json.dumps({"functions": results, "calls": n_cases * len(FUNCTIONS), "served": served, "tiled": tiled,
                   "host_function": attention.optimized_attention.__name__}))

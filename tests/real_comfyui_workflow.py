@@ -3,7 +3,7 @@ ComfyUI's own custom-node loader, and prompts (model -> Arc Attention -> KSample
 ComfyUI's own executor, as the UI's queue does. Prints one JSON line. Used by tests/test_comfyui_real.py.
 
 Only the model loader, the conditioning and the output are test nodes (no checkpoint, text encoder or VAE here);
-the sampler, the validation, the caching and the attention path are ComfyUI's.
+the sampler, the validation, the caching and the attention path are ComfyUI's (test nodes: tests/comfy_test_nodes.py).
 """
 import asyncio
 import json
@@ -16,10 +16,7 @@ comfy_root, repo_root = sys.argv[1], os.path.abspath(sys.argv[2])
 sys.argv = [sys.argv[0], "--cpu"]
 sys.path.insert(0, comfy_root)
 
-import torch  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import comfy_queue  # noqa: E402
 from unloadable import stand_in_unloadable  # noqa: E402
 
 stood_in = stand_in_unloadable("torchvision", "av")  # ComfyUI imports them for models and video types not used here
@@ -29,74 +26,11 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing()
 import comfy.cli_args  # noqa: E402,F401
 import comfy.ldm.modules.attention as attention  # noqa: E402
-import comfy.model_base  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.supported_models  # noqa: E402
-import execution  # noqa: E402
 import nodes  # noqa: E402
+from comfy_test_nodes import CAPTURED, WarningLines, base_prompt, rel, run  # noqa: E402
+import comfy_test_nodes  # noqa: E402
 
 logging.getLogger().setLevel(logging.WARNING)
-CPU = torch.device("cpu")
-CONTEXT_DIM = 96
-
-
-class TinySD15Loader:
-    """Stands in for a checkpoint loader: ComfyUI's SD15 model class around a scaled-down UNet, random weights."""
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "arcattn-test"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0})}}
-
-    def load(self, seed):
-        config = comfy.supported_models.SD15({
-            "context_dim": CONTEXT_DIM, "model_channels": 64, "use_linear_in_transformer": True,
-            "adm_in_channels": None, "use_temporal_attention": False, "image_size": 32, "in_channels": 4,
-            "out_channels": 4, "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
-            "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
-            "use_spatial_transformer": True, "dtype": torch.float32})
-        model = comfy.model_base.BaseModel(config, device=CPU)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.diffusion_model.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-        model.eval()
-        return (comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU),)
-
-
-class RandomConditioning:
-    """Stands in for CLIPTextEncode: a 77-token context."""
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "make"
-    CATEGORY = "arcattn-test"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0})}}
-
-    def make(self, seed):
-        ctx = torch.randn(1, 77, CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
-        return ([[ctx, {}]],)
-
-
-CAPTURED: dict = {}
-
-
-class CaptureLatent:
-    RETURN_TYPES = ()
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-    CATEGORY = "arcattn-test"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT",), "tag": ("STRING", {"default": ""})}}
-
-    def capture(self, samples, tag):
-        CAPTURED[tag] = samples["samples"].clone()
-        return {}
 
 
 class InspectModel:
@@ -145,23 +79,13 @@ class IPAdapterLike:
         return (m,)
 
 
-for cls in (TinySD15Loader, RandomConditioning, CaptureLatent, InspectModel, IPAdapterLike):
-    nodes.NODE_CLASS_MAPPINGS[cls.__name__] = cls
+comfy_test_nodes.register(InspectModel, IPAdapterLike)
 
 
 def prompt(tag, arc=None, ip=False):
     """Loader -> [IP-Adapter-like] -> [Arc Attention] -> KSampler (2 euler steps, CFG 4: cond and uncond in one
     batch) -> capture."""
-    p = {
-        "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 7}},
-        "2": {"class_type": "RandomConditioning", "inputs": {"seed": 1}},
-        "3": {"class_type": "RandomConditioning", "inputs": {"seed": 2}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": 42, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
-        "6": {"class_type": "CaptureLatent", "inputs": {"samples": ["5", 0], "tag": tag}},
-    }
+    p = base_prompt(tag)
     if ip:
         p["11"] = {"class_type": "IPAdapterLike", "inputs": {"model": ["1", 0]}}
         p["5"]["inputs"]["model"] = ["11", 0]
@@ -169,22 +93,6 @@ def prompt(tag, arc=None, ip=False):
         p["10"] = {"class_type": "ArcAttention", "inputs": {"model": p["5"]["inputs"]["model"], **arc}}
         p["5"]["inputs"]["model"] = ["10", 0]
     return p
-
-
-def run(p):
-    """Validate then execute, as the queue does; returns (arcattn's decisions of this prompt, validation error)."""
-    import arcattn
-    pid, outputs, err = comfy_queue.validate(p)
-    if err is not None:
-        return None, err
-    arcattn.reset_telemetry() if "arcattn" in sys.modules else None
-    comfy_queue.execute(execution.PromptExecutor(comfy_queue.Server()), p, pid, outputs)  # fresh caches: samples again
-    return ([d for d in arcattn.get_router().decisions() if d["calls"] > 0] if "arcattn" in sys.modules else []), None
-
-
-def rel(tag, ref="stock"):
-    from arcattn.reference import rel_error  # arcattn is loaded by then (by the node package)
-    return rel_error(CAPTURED[tag], CAPTURED[ref])
 
 
 result = {"stood_in": stood_in}
@@ -242,16 +150,7 @@ class BrokenRouter:
         pass
 
 
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-lines = Lines()
+lines = WarningLines()
 logging.getLogger("arcattn").addHandler(lines)
 arcattn.set_router(BrokenRouter())
 try:

@@ -209,6 +209,29 @@ def test_patched_function_honours_host_signature(comfy, rec, rng, skip_reshape, 
     assert rel_error(out, ref) < 1e-5
 
 
+def test_keys_are_read_by_the_querys_batch_as_the_host_reads_them(comfy, rec, rng, caplog):
+    """ComfyUI's HyperTile hands q in tiles, (B * 16, S / 16, C), beside k and v of (B, S, C); the host's functions
+    read every tensor by q's batch. arcattn serves such a call, with the host's answer."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    H, D, B, S, tiles = 4, 40, 2, 64, 4
+    q = torch.randn(B * tiles, S // tiles, H * D, generator=rng)
+    k, v = (torch.randn(B, S, H * D, generator=rng) for _ in range(2))
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        out = attention.optimized_attention(q, k, v, H)
+    assert rec.seen == [("bsd", "bsd", False)] and not caplog.records  # served, not handed back
+    assert rel_error(out, attention.attention_pytorch(q, k, v, H)) < 1e-5
+    q4, k4, v4 = (t.reshape(B * tiles, -1, H, D).transpose(1, 2) for t in (q, k, v))
+    ref, _ = attention_reference(q4, k4, v4)
+    assert k4.shape[2] == S // tiles and rel_error(out, ref.transpose(1, 2).flatten(2)) < 1e-5
+    # where the host's own reading fails, so does the call: the host's error, not a different answer
+    with pytest.raises(RuntimeError):
+        attention.attention_pytorch(q[:3], k, v, H)  # 2 * 64 keys do not split into 3
+    with pytest.raises(RuntimeError):
+        attention.optimized_attention(q[:3], k, v, H)
+
+
 def test_scale_keyword_is_treated_as_the_host_function_treats_it(rec, rng):
     """ComfyUI's functions swallow `scale=` in **kwargs and ignore it: so does arcattn. A function that names
     `scale` gets it honoured."""

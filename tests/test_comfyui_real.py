@@ -12,6 +12,24 @@ COMFY = os.environ.get("ARCATTN_COMFYUI_ROOT")
 pytestmark = pytest.mark.skipif(not COMFY, reason="ARCATTN_COMFYUI_ROOT is not set: no real ComfyUI checkout to test")
 
 
+def _run_executor_script(script: str) -> dict:
+    """Run one of the scripts that execute prompts in ComfyUI (in its own process: ComfyUI parses sys.argv);
+    its last line of output, as JSON."""
+    import importlib.util
+    missing = [m for m in ("einops", "torchsde", "transformers", "safetensors", "scipy", "PIL", "yaml", "psutil",
+                           "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"ComfyUI's nodes and executor need {', '.join(missing)} to import "
+                    f"(the packages of {os.path.join(COMFY, 'requirements.txt')} but torch, torchvision and torchaudio)")
+    env = dict(os.environ)
+    for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script), COMFY, ROOT],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=COMFY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_real_unet_same_output_and_attention_served_by_arcattn():
     import importlib.util
     missing = [m for m in ("einops",) if importlib.util.find_spec(m) is None]  # what ComfyUI's UNet imports
@@ -46,8 +64,8 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
 def test_real_attention_functions_and_arcattn_agree_on_random_inputs():
     """arcattn's wrapper (the node's override, sdpa) against each of ComfyUI's own attention functions on 200
     random inputs: layouts, output layouts, float masks of every shape ComfyUI reads, fp32 and fp64; each answer
-    within tolerance of a float64 reference, and of the host's own answer wherever that one is right
-    (tests/real_comfyui_attention_diff.py)."""
+    within tolerance of a float64 reference, and of the host's own answer wherever that one is right; and 20
+    inputs with q in tiles beside whole k and v, as HyperTile passes them (tests/real_comfyui_attention_diff.py)."""
     env = dict(os.environ)
     for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
         env.pop(name, None)
@@ -61,24 +79,16 @@ def test_real_attention_functions_and_arcattn_agree_on_random_inputs():
     assert sorted(r["functions"]) == ["attention_basic", "attention_pytorch", "attention_split", "attention_sub_quad"]
     for name, f in r["functions"].items():
         assert f["cases"] == 200 and not f["failures"], (name, f["failures"][:5])
+    # q in tiles beside whole k and v (HyperTile): read by q's batch as every host function reads them, all served
+    t = r["tiled"]
+    print("tiled", {k: v for k, v in t.items() if k != "failures"})
+    assert t["cases"] == 80 and t["served"] == 80 and not t["failures"], t["failures"][:5]
 
 
 def test_real_workflow_through_comfyui_loader_validation_and_executor():
     """The arcattn folder loaded by ComfyUI's custom-node loader; prompts (model -> Arc Attention -> KSampler)
     validated and executed by ComfyUI's executor, as the UI's queue does (tests/real_comfyui_workflow.py)."""
-    import importlib.util
-    missing = [m for m in ("einops", "torchsde", "transformers", "safetensors", "scipy", "PIL", "yaml", "psutil",
-                           "tqdm") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"ComfyUI's nodes and executor need {', '.join(missing)} to import "
-                    f"(the packages of {os.path.join(COMFY, 'requirements.txt')} but torch, torchvision and torchaudio)")
-    env = dict(os.environ)
-    for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
-        env.pop(name, None)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "real_comfyui_workflow.py"), COMFY, ROOT],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=COMFY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run_executor_script("real_comfyui_workflow.py")
     print(json.dumps(r, indent=1))
     assert r["node_loaded"] and r["node_classes"] == ["ArcAttention"] and r["patched"]
     assert r["backend_choices"][0] == "auto" and "sdpa" in r["backend_choices"]
@@ -113,3 +123,33 @@ def test_real_workflow_through_comfyui_loader_validation_and_executor():
     assert r["bogus_refused"] and "no-such-backend" in r["bogus_error"]
     assert r["restored"] == r["host_function"]
     assert r["after_unpatch"] == {"rel_error": 0.0, "served": 0}
+
+
+def test_real_builtin_attention_nodes_with_arcattn():
+    """ComfyUI's own nodes that change attention (SAG, PAG, HyperTile, ToMe, the attention multipliers, a
+    ControlNet), run by ComfyUI's executor: with arcattn's global patch and with the Arc Attention node after them,
+    each gives the stock result with arcattn serving the calls; with the node off, the host serves every call
+    (tests/real_comfyui_builtin_nodes.py)."""
+    r = _run_executor_script("real_comfyui_builtin_nodes.py")
+    print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict) or "plain" not in v}))
+    assert r["node_loaded"] and r["patched"] and all(r["extras"].values()), r["extras"]
+    features = ("none", "SelfAttentionGuidance", "PerturbedAttentionGuidance", "HyperTile", "TomePatchModel",
+                "UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply", "ControlNet")
+    for feature in features:
+        f = r[feature]
+        print(feature, f"change {f['change']:.1e}", {c: (f"{f[c]['rel_error']:.1e}", f[c]["served"])
+                                                     for c in ("plain", "node_auto", "node_off")})
+        for case in ("plain", "node_auto"):
+            assert f[case]["served"] > 0 and f[case]["rel_error"] < 1e-5, (feature, case, f[case])
+            assert not f[case]["warnings"], (feature, case, f[case]["warnings"])  # nothing handed back to the host
+        assert f["node_off"] == {"rel_error": 0.0, "served": 0, "calls": [], "warnings": []}, (feature, f["node_off"])
+    base = r["none"]["plain"]["served"]
+    # each node did its part: the extra UNet passes of the guidance nodes and the ControlNet's own attention calls
+    # were served too; HyperTile's tiles (2 x 16 tiles of 16 queries, keys read by q's batch) and ToMe's merged
+    # queries (180 of 256) reached arcattn
+    for feature in ("SelfAttentionGuidance", "PerturbedAttentionGuidance", "ControlNet"):
+        assert r[feature]["plain"]["served"] > base, (feature, r[feature]["plain"]["served"], base)
+    for feature in features[1:]:  # each changes the result far beyond arcattn's difference from the stock one
+        assert r[feature]["change"] > 1e-3, (feature, r[feature]["change"])
+    assert any(c.startswith("B=32 H=8 Sq=16 Sk=16 ") for c in r["HyperTile"]["plain"]["calls"]), r["HyperTile"]
+    assert any(" Sq=180 Sk=256 " in c for c in r["TomePatchModel"]["plain"]["calls"]), r["TomePatchModel"]

@@ -81,6 +81,12 @@ class HostAttention:
             if kwargs.get("low_precision_attention") is False:
                 prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
             layout = "bhsd" if skip_reshape else "bsd"
+            kk, vv = k, v
+            if not skip_reshape and q.dim() == 3 and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
+                # The hosts' functions read every tensor by q's batch (t.view(b, -1, heads, dim_head), b from q).
+                # ComfyUI's HyperTile relies on it: q in tiles, (B * tiles, S / tiles, C), beside k and v of
+                # (B, S, C). Read the same way, or the host's answer would change with the backend that serves it
+                kk, vv = (t.reshape(q.shape[0], -1, t.shape[-1]) for t in (k, v))
             m = mask
             if mask is not None and mask.dim() == 3 and self.mask3d != "batch":
                 if self.mask3d == "heads":
@@ -88,7 +94,7 @@ class HostAttention:
                 elif mask.shape[0] != 1:
                     raise ValueError("a 3-D mask whose first dim is not 1: how this host function reads that "
                                      "dim is not known")
-            call = make_call(q, k, v, heads=heads, layout=layout,
+            call = make_call(q, kk, vv, heads=heads, layout=layout,
                              out_layout="bhsd" if skip_output_reshape else "bsd",
                              mask=m, scale=kwargs.get("scale") if self.takes_scale else None)
             return get_router().run(call, prefer=prefer)
