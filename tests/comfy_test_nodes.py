@@ -18,6 +18,7 @@ import execution
 import nodes
 
 import comfy_queue
+from random_weights import randomise
 
 CPU = torch.device("cpu")
 CONTEXT_DIM = 96
@@ -31,14 +32,7 @@ UNET = {
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:
-    """Small random weights, but q and k projections scaled so that attention scores spread (std ~2): with small
-    ones every softmax is near uniform, and an attention call that read the wrong keys or scale would go unseen."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            std = 1.4 / p.shape[1] ** 0.5 if name.endswith(("to_q.weight", "to_k.weight")) else 0.05
-            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if "norm" in name and name.endswith(".weight")
-                                                                 else 0.0))
+    randomise(module, torch.Generator().manual_seed(seed))
 
 
 class _Seeded:

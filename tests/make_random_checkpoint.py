@@ -1,6 +1,9 @@
 """Write an SD1.5 checkpoint with random weights, in the original single-file layout (UNet, CLIP-L text encoder,
 VAE), for real-host generations without a download. Built and saved by ComfyUI's own model classes and
-`comfy.sd.save_checkpoint`, so the keys are the ones every host's loader detects as SD1.5.
+`comfy.sd.save_checkpoint`, so the keys are the ones every host's loader detects as SD1.5. The UNet's attention
+scores spread (tests/random_weights.py): in the image comparisons of the ComfyUI server and Forge generation tests,
+arcattn with its attention scale halved moves pixels by 6-7 levels, against at most 1 with the small uniform
+weights of checkpoints written before 2026-12-07 (which those tests could not tell from a right answer).
 
     python tests/make_random_checkpoint.py COMFYUI_ROOT OUT.safetensors
 """
@@ -13,6 +16,7 @@ sys.path.insert(0, comfy_root)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 from comfyui_sampler import UNET_CONFIGS  # noqa: E402  (ComfyUI's SD1.5 config, as its loader builds it)
+from random_weights import randomise  # noqa: E402
 from unloadable import stand_in_unloadable  # noqa: E402
 
 stand_in_unloadable("torchvision", "av")
@@ -32,27 +36,17 @@ VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channe
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
 
-def randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Small random weights (norm layers' scales near 1), so activations stay finite through every block."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.02
-            if "norm" in name and name.endswith("weight"):
-                noise += 1.0
-            p.copy_(noise.to(p.dtype))
-
-
 gen = torch.Generator().manual_seed(20261207)
 config = comfy.supported_models.SD15(SD15_UNET)
 model = config.get_model({}, device=torch.device("cpu"))
-randomize(model.diffusion_model, gen)
+randomise(model.diffusion_model, gen, std=0.02)
 patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 clip = comfy.sd.CLIP(target=config.clip_target({}), model_options={"dtype": torch.float16})
-randomize(clip.cond_stage_model, gen)
+randomise(clip.cond_stage_model, gen, std=0.02)
 
 vae_model = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=VAE_DDCONFIG, embed_dim=4)
-randomize(vae_model, gen)
+randomise(vae_model, gen, std=0.02)
 vae = comfy.sd.VAE(sd={k: v.half() for k, v in vae_model.state_dict().items()})
 
 comfy.sd.save_checkpoint(out, patcher, clip=clip, vae=vae)

@@ -12,6 +12,9 @@ sys.path.insert(0, comfy_root)
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from random_weights import randomise  # noqa: E402
+
 import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing()
@@ -25,9 +28,7 @@ unet = UNetModel(image_size=32, in_channels=4, model_channels=64, out_channels=4
                  channel_mult=(1, 2), num_heads=8, use_spatial_transformer=True, transformer_depth=[1, 1],
                  transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1], context_dim=96,
                  use_linear_in_transformer=True, dtype=torch.float32)
-with torch.no_grad():
-    for p in unet.parameters():
-        p.normal_(0.0, 0.05)
+randomise(unet, torch.Generator().manual_seed(1234))
 unet.eval()
 x = torch.randn(2, 4, 16, 16)
 t = torch.tensor([10.0, 500.0])
