@@ -89,6 +89,23 @@ def test_patch_rebinds_registers_and_undoes(comfy, rec):
     assert "arcattn" not in attention.REGISTERED_ATTENTION_FUNCTIONS
 
 
+def test_unpatch_leaves_a_binding_another_plugin_made_since(comfy, rec):
+    """A plugin that installs its own attention function after arcattn's patch (a SageAttention patch node, say)
+    keeps it when arcattn unpatches; the bindings still ours go back to ComfyUI's."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    orig, orig_masked = attention.optimized_attention, attention.optimized_attention_masked
+    comfyui.patch(attention)
+
+    def other_plugins_attention(q, k, v, heads, mask=None, **kwargs):
+        raise AssertionError("not called")
+    attention.optimized_attention = other_plugins_attention
+    comfyui.unpatch()
+    assert attention.optimized_attention is other_plugins_attention
+    assert attention.optimized_attention_masked is orig_masked
+    attention.optimized_attention = orig
+
+
 def test_patch_reaches_custom_nodes_loaded_before_it(comfy, rec, rng):
     """A custom node that ComfyUI loaded first (IP-Adapter nodes call their own copy of optimized_attention in
     their attn2 replacement) is routed too, and given its original back; a lazy module's __getattr__ is not run."""

@@ -98,10 +98,13 @@ def patch(module=None) -> bool:
 
 def unpatch() -> None:
     """Restore every binding `patch` changed, and every copy of our functions that comfy modules imported after
-    it (e.g. a model module loaded for the first workflow that uses it, or a custom node loaded after this one)."""
-    for (target, attr), o in _state.pop("originals", {}).items():
-        setattr(target, attr, o)
+    it (e.g. a model module loaded for the first workflow that uses it, or a custom node loaded after this one).
+    A binding that another plugin has changed since (its own attention function) is left as that plugin set it."""
     ours = _state.pop("ours", {})
+    for (target, attr), o in _state.pop("originals", {}).items():
+        now = getattr(target, attr, None)
+        if ours.get(id(now), (None,))[0] is now:
+            setattr(target, attr, o)
     for _, other, d in loaded_module_dicts():
         for attr in ("optimized_attention", "optimized_attention_masked"):
             hit = ours.get(id(d.get(attr)))
