@@ -5,6 +5,9 @@ ARCATTN_COMFYUI_ROOT points to a checkout, else the same reading through torch S
 the router's measured choice, each checked against a float64 reference, and timed side by side in CUDA graphs.
 
     python bench/gpu_hypertile.py
+
+Not yet run on a GPU: written in the twenty-second session, when no device time was left; only a dry run on the CPU
+with a tiny shape (`main("cpu", [("tiny", 16, 64, 4, 2)])`, no timings) has run.
 """
 from __future__ import annotations
 
