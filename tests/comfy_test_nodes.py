@@ -96,23 +96,50 @@ class RandomImage:
         return (torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed)),)
 
 
-class CaptureLatent:
+class RandomLatent(_Seeded):
+    """Stands in for VAEEncode of a picture: a 16 x 16 latent, as the training node takes it."""
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+
+    def make(self, seed):
+        return ({"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))},)
+
+
+class _Capture:
+    """An output node that keeps what reaches its one input (name and type in INPUT) under `tag`, in CAPTURED."""
     RETURN_TYPES = ()
     FUNCTION = "capture"
     OUTPUT_NODE = True
     CATEGORY = "arcattn-test"
+    INPUT = ("value", "*")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT",), "tag": ("STRING", {"default": ""})}}
+        return {"required": {cls.INPUT[0]: (cls.INPUT[1],), "tag": ("STRING", {"default": ""})}}
 
-    def capture(self, samples, tag):
-        CAPTURED[tag] = samples["samples"].clone()
+    def capture(self, tag, **inputs):
+        CAPTURED[tag] = self.keep(inputs[self.INPUT[0]])
         return {}
 
 
+class CaptureLora(_Capture):
+    """A trained LoRA's weights, flattened in key order."""
+    INPUT = ("lora", "LORA_MODEL")
+
+    def keep(self, lora):
+        return torch.cat([lora[k].detach().float().flatten() for k in sorted(lora)])
+
+
+class CaptureLatent(_Capture):
+    INPUT = ("samples", "LATENT")
+
+    def keep(self, samples):
+        return samples["samples"].clone()
+
+
 def register(*extra) -> None:
-    for cls in (TinySD15Loader, TinyControlNetLoader, RandomConditioning, RandomImage, CaptureLatent, *extra):
+    for cls in (TinySD15Loader, TinyControlNetLoader, RandomConditioning, RandomImage, RandomLatent, CaptureLatent,
+                CaptureLora, *extra):
         nodes.NODE_CLASS_MAPPINGS[cls.__name__] = cls
 
 

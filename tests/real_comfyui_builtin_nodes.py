@@ -1,7 +1,8 @@
 """Run inside a ComfyUI checkout (path in argv[1], arcattn's folder in argv[2]), --cpu: ComfyUI's own nodes that
 change attention (Self-Attention Guidance, Perturbed-Attention Guidance, HyperTile, ToMe, the attention
-multipliers, a ControlNet) in prompts run by ComfyUI's executor, without arcattn, then with its global patch, with
-the Arc Attention node after them, and with that node off. Prints one JSON line. Used by tests/test_comfyui_real.py.
+multipliers, a ControlNet) and its LoRA training node, in prompts run by ComfyUI's executor, without arcattn, then
+with its global patch, with the Arc Attention node after them, and with that node off. Prints one JSON line. Used
+by tests/test_comfyui_real.py.
 
 The built-in node modules are loaded before arcattn, as ComfyUI's start-up does (SAG's module holds its own copy of
 optimized_attention from then on). The model, the conditioning, the image and the ControlNet are test nodes with
@@ -26,12 +27,14 @@ import comfy.options  # noqa: E402
 comfy.options.enable_args_parsing()
 import comfy.cli_args  # noqa: E402,F401
 import nodes  # noqa: E402
+import torch  # noqa: E402
 from comfy_test_nodes import WarningLines, add_model_node, base_prompt, register, rel, run  # noqa: E402
 
 logging.getLogger().setLevel(logging.WARNING)
 register()
 
-EXTRAS = ("nodes_sag.py", "nodes_pag.py", "nodes_hypertile.py", "nodes_tomesd.py", "nodes_attention_multiply.py")
+EXTRAS = ("nodes_sag.py", "nodes_pag.py", "nodes_hypertile.py", "nodes_tomesd.py", "nodes_attention_multiply.py",
+          "nodes_custom_sampler.py", "nodes_train.py")
 # node -> its inputs; HyperTile's swap_size 1 keeps its tiling out of the global random state (same tiles each run),
 # and its 32 px tiles split the 16 x 16 latent's first-level self-attention into 16 tiles of 16 tokens
 MODEL_NODES = {
@@ -42,6 +45,33 @@ MODEL_NODES = {
     "UNetSelfAttentionMultiply": {"q": 1.1, "k": 0.9, "v": 1.2, "out": 0.8},
     "UNetCrossAttentionMultiply": {"q": 0.9, "k": 1.1, "v": 0.8, "out": 1.2},
 }
+
+
+def training_prompt(tag, arc=None):
+    """ComfyUI's LoRA training node on the tiny model: 2 steps in float32, with gradient checkpointing (torch's
+    non-reentrant checkpoint, which stops each recomputation from inside the attention call that saves its last
+    tensor), then the LoRA's weights captured."""
+    p = {
+        "1": {"class_type": "TinySD15Loader", "inputs": {"seed": 7}},
+        "2": {"class_type": "RandomConditioning", "inputs": {"seed": 1}},
+        "3": {"class_type": "RandomLatent", "inputs": {"seed": 5}},
+        "5": {"class_type": "TrainLoraNode", "inputs": {
+            "model": ["1", 0], "latents": ["3", 0], "positive": ["2", 0], "batch_size": 1,
+            "grad_accumulation_steps": 1, "steps": 2, "learning_rate": 0.0005, "rank": 4, "optimizer": "AdamW",
+            "loss_function": "MSE", "seed": 0, "training_dtype": "fp32", "lora_dtype": "fp32",
+            "algorithm": "LoRA", "gradient_checkpointing": True, "existing_lora": "[None]"}},
+        "6": {"class_type": "CaptureLora", "inputs": {"lora": ["5", 1], "tag": tag}},
+    }
+    if arc is not None:
+        add_model_node(p, "30", "ArcAttention", **arc)
+    return p
+
+
+def run_training(tag, arc=None):
+    # the node draws its sigmas and batch order from torch's global generator, which it never seeds (two runs in one
+    # process differ by 1.4 relative): seeded here as a fresh process would have it
+    torch.manual_seed(0)
+    return run(training_prompt(tag, arc))
 
 
 def prompt(tag, feature, arc=None):
@@ -70,6 +100,8 @@ assert "arcattn" not in sys.modules
 for feature in features:  # ComfyUI's own attention: the references
     _, err = run(prompt(f"{feature}/stock", feature))
     assert err is None, (feature, err)
+_, err = run_training("training/stock")
+assert err is None, err
 
 result["node_loaded"] = asyncio.run(nodes.load_custom_node(repo_root))
 import arcattn  # noqa: E402  (loaded by the node package)
@@ -88,5 +120,12 @@ for feature in features:
         assert err is None, (tag, err)
         r[case] = {"rel_error": rel(tag, f"{feature}/stock"), "served": sum(d["calls"] for d in decisions),
                    "calls": sorted({d["call"] for d in decisions}), "warnings": list(lines.lines)}
+r = result["training"] = {}
+for case, arc in cases.items():
+    lines.lines.clear()
+    decisions, err = run_training(f"training/{case}", arc)
+    assert err is None, (case, err)
+    r[case] = {"rel_error": rel(f"training/{case}", "training/stock"), "served": sum(d["calls"] for d in decisions),
+               "backends": sorted({d["backend"] for d in decisions}), "warnings": list(lines.lines)}
 logging.getLogger("arcattn").removeHandler(lines)
 print(json.dumps(result))

@@ -127,9 +127,9 @@ def test_real_workflow_through_comfyui_loader_validation_and_executor():
 
 def test_real_builtin_attention_nodes_with_arcattn():
     """ComfyUI's own nodes that change attention (SAG, PAG, HyperTile, ToMe, the attention multipliers, a
-    ControlNet), run by ComfyUI's executor: with arcattn's global patch and with the Arc Attention node after them,
-    each gives the stock result with arcattn serving the calls; with the node off, the host serves every call
-    (tests/real_comfyui_builtin_nodes.py)."""
+    ControlNet) and its LoRA training node, run by ComfyUI's executor: with arcattn's global patch and with the Arc
+    Attention node after them, each gives the stock result with arcattn serving the calls; with the node off, the
+    host serves every call (tests/real_comfyui_builtin_nodes.py)."""
     r = _run_executor_script("real_comfyui_builtin_nodes.py")
     print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict) or "plain" not in v}))
     assert r["node_loaded"] and r["patched"] and all(r["extras"].values()), r["extras"]
@@ -153,3 +153,10 @@ def test_real_builtin_attention_nodes_with_arcattn():
         assert r[feature]["change"] > 1e-3, (feature, r[feature]["change"])
     assert any(c.startswith("B=32 H=8 Sq=16 Sk=16 ") for c in r["HyperTile"]["plain"]["calls"]), r["HyperTile"]
     assert any(" Sq=180 Sk=256 " in c for c in r["TomePatchModel"]["plain"]["calls"]), r["TomePatchModel"]
+    # ComfyUI's LoRA training node (2 steps, float32, gradient checkpointing): the same LoRA weights as without
+    # arcattn, each attention call served in the forward pass and again in its recomputation during backward
+    t = r["training"]
+    print("training", t)
+    for case in ("plain", "node_auto"):
+        assert t[case]["served"] > 0 and t[case]["rel_error"] < 1e-5 and not t[case]["warnings"], (case, t[case])
+    assert t["node_off"] == {"rel_error": 0.0, "served": 0, "backends": [], "warnings": []}, t["node_off"]
