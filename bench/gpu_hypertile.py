@@ -23,7 +23,7 @@ from arcattn.hosts.common import HostAttention
 from arcattn.hosts.comfyui import settle_sdpa_order
 from arcattn.reference import attention_reference, rel_error
 
-# (name, batch, latent side, channels, heads, tiles per side): HyperTile's default 256 px tiles are 32 latent
+# (name, latent side, channels, heads, tiles per side), each at batch 1 and 2: HyperTile's default 256 px tiles are 32 latent
 # tokens a side; SD1.5's first level (D 40) at 768, 1024 and 1536 px; SDXL's second level (D 64) at 1024 px with
 # max_depth 1
 SHAPES = [

@@ -107,6 +107,9 @@ result["node_loaded"] = asyncio.run(nodes.load_custom_node(repo_root))
 import arcattn  # noqa: E402  (loaded by the node package)
 
 result["patched"] = arcattn.hosts.comfyui.is_patched()
+# SAG's module took its copy of optimized_attention when ComfyUI loaded it, before arcattn: now arcattn's
+(sag,) = [m for n, m in sys.modules.items() if n.endswith("nodes_sag")]
+result["sag_copy_is_ours"] = sag.optimized_attention is sys.modules["comfy.ldm.modules.attention"].optimized_attention
 lines = WarningLines()
 logging.getLogger("arcattn").addHandler(lines)
 cases = {"plain": None, "node_auto": {"enabled": True, "backend": "auto"},

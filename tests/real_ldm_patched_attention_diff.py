@@ -1,6 +1,7 @@
 """Run with a Forge fork's Python inside its checkout (argv: checkout, repo, cases per function): arcattn's Forge
 wrapper against each of the fork's own ldm_patched attention functions on random inputs, masks of every shape
-(2-D, 3-D with a first dim of 1, B, H and B * H, 4-D). Prints one JSON line. Used by tests/test_forge_forks_real.py
+(2-D, 3-D with a first dim of 1, B, H and B * H, 4-D), and on q in tiles beside whole k and v (HyperTile); and the
+copy of the attention function that the fork's SAG node takes at import, rebound. Prints one JSON line. Used by tests/test_forge_forks_real.py
 in a subprocess (the forks parse sys.argv and pick their attention at import)."""
 import json
 import sys
@@ -34,6 +35,15 @@ g = torch.Generator().manual_seed(20261207)
 def draw(lo, hi):
     return int(torch.randint(lo, hi, (1,), generator=g))
 
+
+# the fork's own nodes that copy optimized_attention at import (reForge's SAG, as its built-in extension loads it,
+# before any user extension), where the fork has them
+contrib = {}
+for name in ("ldm_patched.contrib.nodes_sag",):
+    try:
+        contrib[name] = __import__(name, fromlist=["_"])
+    except Exception:  # noqa: BLE001 - not in this fork
+        pass
 
 installed = forge.install()
 result = {"host_function": getattr(attention.optimized_attention, "original", attention.optimized_attention).__name__,
@@ -73,5 +83,24 @@ with torch.no_grad():
             if err >= 1e-5:
                 r["mismatches"].append([list(shape or ()), B, H, err])
 result["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+result["contrib_copies_ours"] = {n: isinstance(m.optimized_attention, forge.ForgeAttention) for n, m in contrib.items()}
+
+# q in tiles beside whole k and v, as reForge's HyperTile passes them: each function reads k and v by q's batch
+tiled = result["tiled"] = {"cases": 0, "worst": 0.0, "mismatches": []}
+served_before = sum(v["served"] for v in arcattn.telemetry().values())
+with torch.no_grad():
+    for name in FUNCTIONS:
+        fn = getattr(attention, name)
+        wrapper = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
+        for i in range(6):
+            B, T, H, D, St = draw(1, 3), (2, 4, 16)[i % 3], draw(1, 6), 8 * draw(1, 6), draw(1, 17)
+            q = torch.randn(B * T, St, H * D, generator=g)
+            k, v = (torch.randn(B, St * T, H * D, generator=g) for _ in range(2))
+            err = rel_error(wrapper(q, k, v, H), fn(q, k, v, H).double())
+            tiled["cases"] += 1
+            tiled["worst"] = max(tiled["worst"], err)
+            if err >= 1e-5:
+                tiled["mismatches"].append([name, B, T, H, D, St, err])
+tiled["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
 forge.uninstall()
 print(json.dumps(result))

@@ -227,8 +227,8 @@ def test_patched_function_honours_host_signature(comfy, rec, rng, skip_reshape, 
 
 
 def test_keys_are_read_by_the_querys_batch_as_the_host_reads_them(comfy, rec, rng, caplog):
-    """ComfyUI's HyperTile hands q in tiles, (B * 16, S / 16, C), beside k and v of (B, S, C); the host's functions
-    read every tensor by q's batch. arcattn serves such a call, with the host's answer."""
+    """ComfyUI's HyperTile hands q in tiles, (B * tiles, S / tiles, C), beside k and v of (B, S, C); the host's
+    functions read every tensor by q's batch. arcattn serves such a call, with the host's answer."""
     attention, _ = comfy
     from arcattn.hosts import comfyui
     comfyui.patch(attention)
@@ -242,7 +242,7 @@ def test_keys_are_read_by_the_querys_batch_as_the_host_reads_them(comfy, rec, rn
     q4, k4, v4 = (t.reshape(B * tiles, -1, H, D).transpose(1, 2) for t in (q, k, v))
     ref, _ = attention_reference(q4, k4, v4)
     assert k4.shape[2] == S // tiles and rel_error(out, ref.transpose(1, 2).flatten(2)) < 1e-5
-    # where the host's own reading fails, so does the call: the host's error, not a different answer
+    # where the keys do not split by q's batch, the host's reading fails, and so does the call
     with pytest.raises(RuntimeError):
         attention.attention_pytorch(q[:3], k, v, H)  # 2 * 64 keys do not split into 3
     with pytest.raises(RuntimeError):

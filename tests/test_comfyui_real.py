@@ -133,6 +133,7 @@ def test_real_builtin_attention_nodes_with_arcattn():
     r = _run_executor_script("real_comfyui_builtin_nodes.py")
     print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict) or "plain" not in v}))
     assert r["node_loaded"] and r["patched"] and all(r["extras"].values()), r["extras"]
+    assert r["sag_copy_is_ours"]  # SAG's cond-pass call goes through its own copy, taken before arcattn loaded
     features = ("none", "SelfAttentionGuidance", "PerturbedAttentionGuidance", "HyperTile", "TomePatchModel",
                 "UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply", "ControlNet")
     for feature in features:
@@ -145,7 +146,8 @@ def test_real_builtin_attention_nodes_with_arcattn():
         assert f["node_off"] == {"rel_error": 0.0, "served": 0, "calls": [], "warnings": []}, (feature, f["node_off"])
     base = r["none"]["plain"]["served"]
     # each node did its part: the extra UNet passes of the guidance nodes and the ControlNet's own attention calls
-    # were served too; HyperTile's tiles (2 x 16 tiles of 16 queries, keys read by q's batch) and ToMe's merged
+    # were served too (PAG's perturbed attention returns v and makes no call; SAG's call that records the scores is
+    # its own attention_basic_with_sim, not a host function); HyperTile's tiles (2 x 16 tiles of 16 queries, keys read by q's batch) and ToMe's merged
     # queries (180 of 256) reached arcattn
     for feature in ("SelfAttentionGuidance", "PerturbedAttentionGuidance", "ControlNet"):
         assert r[feature]["plain"]["served"] > base, (feature, r[feature]["plain"]["served"], base)

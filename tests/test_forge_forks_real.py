@@ -38,3 +38,9 @@ def test_fork_attention_functions_and_arcattn_agree(fork):
         assert f["cases"] == 48 and f["both_answered"] >= 24, (name, f)
         assert not f["mismatches"] and not f["arcattn_only_raised"], (name, f)
     assert r["served"] > 0
+    # tiled q (HyperTile) served with the fork's answer; the SAG node's own copy of the function is arcattn's
+    t = r["tiled"]
+    assert t["cases"] == 24 and t["served"] == 24 and not t["mismatches"], t
+    assert all(r["contrib_copies_ours"].values()), r["contrib_copies_ours"]
+    if fork == "reforge":
+        assert list(r["contrib_copies_ours"]) == ["ldm_patched.contrib.nodes_sag"]

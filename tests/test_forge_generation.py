@@ -115,7 +115,7 @@ def _txt2img(url, args=None, **kw):
         body["alwayson_scripts"] = {"arc attention": {"args": args}}
     r = _post(url + "/sdapi/v1/txt2img", body)
     images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")).astype(np.int16)
-              for b in r["images"][:body.get("batch_size", 1)]]  # a grid may follow the batch's pictures
+              for b in r["images"][:body.get("batch_size", 1)]]  # the API saves no grid: the batch's pictures only
     return np.stack(images) if len(images) > 1 else images[0], json.loads(r["info"])["infotexts"][0]
 
 
@@ -169,21 +169,25 @@ def test_img2img_with_the_extension(forge):
     assert "Arc Attention: sdpa" in json.loads(r["info"])["infotexts"][0]
 
 
-# Built-in extensions that replace attention and call the host's attention function themselves (by its title, as
-# the API names scripts: the arguments their UI gives, enabled first). Forge has all three, reForge its own SAG,
-# Forge classic none. SAG and PAG at high scales: at their defaults they move no pixel of the random checkpoint's
-# 128 px picture by more than 2 levels, and a comparison could not tell their effect from rounding
+# Built-in extensions that change the UNet's attention (by title, as the API names scripts: the arguments their UI
+# gives, enabled first). Forge has SAG, PAG and StyleAlign; reForge its own SAG and HyperTile; Forge classic none.
+# SAG and PAG at high scales: at their defaults they move no pixel of the random checkpoint's 128 px picture by more
+# than 2 levels, and a comparison could not tell their effect from rounding. HyperTile with 32 px tiles on two levels
+# (its default, 256 px on one, makes one tile of a 128 px picture) and swap size 1 (the same tiles each run): q in
+# 16 and 4 tiles beside whole k and v
 ATTENTION_EXTENSIONS = {
     "selfattentionguidance integrated (sd 1.x, sd 2.x, sdxl)": ([True, 5.0, 2.0, 1.0], 1),
     "selfattentionguidance integrated": ([True, 5.0, 2.0], 1),
     "perturbedattentionguidance integrated": ([True, 50.0, 0.0, 0.0, 1.0], 1),
     "stylealign integrated": ([True, 1.0], 2),  # shares attention across a batch: two images
+    "hypertile integrated": ([True, 32, 1, 1, False], 1),
 }
 
 
 def test_builtin_attention_extensions_with_the_extension(forge):
-    """The host's own attention extensions (Self-Attention Guidance, Perturbed-Attention Guidance, StyleAlign) with
-    arcattn on give the picture they give with it off, arcattn serving the calls; each changes the picture."""
+    """The host's own attention extensions (Self-Attention Guidance, Perturbed-Attention Guidance, StyleAlign,
+    HyperTile) with arcattn on give the picture they give with it off, with no call handed back to the host; each
+    changes the picture."""
     url, log = forge
     listed = set(get_json(url + "/sdapi/v1/scripts")["txt2img"])
     present = {t: a for t, a in ATTENTION_EXTENSIONS.items() if t in listed}

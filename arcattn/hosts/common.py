@@ -83,9 +83,9 @@ class HostAttention:
             layout = "bhsd" if skip_reshape else "bsd"
             kk, vv = k, v
             if not skip_reshape and q.dim() == 3 and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
-                # The hosts' functions read every tensor by q's batch (t.view(b, -1, heads, dim_head), b from q).
-                # ComfyUI's HyperTile relies on it: q in tiles, (B * tiles, S / tiles, C), beside k and v of
-                # (B, S, C). Read the same way, or the host's answer would change with the backend that serves it
+                # The hosts' functions read every tensor by q's batch (t.view or t.reshape(b, -1, heads, dim_head),
+                # b from q). ComfyUI's and reForge's HyperTile rely on it: q in tiles, (B * tiles, S / tiles, C),
+                # beside k and v of (B, S, C). Read the same way, or the answer would depend on who serves the call
                 kk, vv = (t.reshape(q.shape[0], -1, t.shape[-1]) for t in (k, v))
             m = mask
             if mask is not None and mask.dim() == 3 and self.mask3d != "batch":
