@@ -7,7 +7,7 @@ import torch
 
 from .backends import create_backends
 from .call import make_call
-from .dispatch import Router
+from .dispatch import Router, preferred
 
 _router: Optional[Router] = None
 
@@ -46,7 +46,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: Optio
         raise TypeError(f"backend must be a backend's name or None, got {type(backend).__name__}")
     call = make_call(q, k, v, heads=heads, layout=layout, out_layout=out_layout, mask=mask, scale=scale,
                      causal=causal, want_lse=return_lse)
-    return get_router().run(call, prefer=backend, strict=backend not in (None, "", "auto"))
+    return get_router().run(call, prefer=backend, strict=preferred(backend) is not None)
 
 
 def telemetry() -> dict:

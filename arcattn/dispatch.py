@@ -33,6 +33,11 @@ except Exception:  # noqa: BLE001 - a torch without it has no such signal
 CONTROL_FLOW = tuple(c for c in (getattr(_checkpoint, "_StopRecomputationError", None),) if isinstance(c, type))
 
 
+def preferred(backend: Optional[str]) -> Optional[str]:
+    """The backend a caller asked for, or None where the router decides (None, "" or "auto")."""
+    return None if backend in (None, "", "auto") else backend
+
+
 class BackendUnsupported(ValueError):
     """A backend named explicitly through the public API cannot serve the call."""
 
@@ -69,11 +74,11 @@ class Router:
         self.disabled.discard(self.fallback.name)
         from_env = prefer is None
         prefer = (os.environ.get("ARCATTN_BACKEND", "") if from_env else prefer).strip()
-        if from_env and prefer not in ("", "auto") and prefer not in (b.name for b in self.backends):
+        if from_env and preferred(prefer) and prefer not in (b.name for b in self.backends):
             log.warning("ARCATTN_BACKEND=%r names no backend (known: %s); ignored", prefer,
                         ", ".join(b.name for b in self.backends))
             prefer = ""
-        self.prefer = None if prefer in ("", "auto") else prefer  # "" / "auto": the router decides
+        self.prefer = preferred(prefer)
         self.chooser = chooser
         self._decisions: dict = {}
         self._broken: set = set()
@@ -110,8 +115,7 @@ class Router:
 
     # -- decisions ------------------------------------------------------------------------------------------
     def decide(self, call: AttentionCall, prefer: Optional[str] = None, strict: bool = False) -> Decision:
-        if prefer in (None, "", "auto"):
-            prefer = self.prefer
+        prefer = preferred(prefer) or self.prefer
         passed_over = []
         if prefer:
             b = self.backend(prefer)

@@ -72,17 +72,18 @@ cuda_before_import = torch.cuda.is_initialized()
 pkg = load_node("arcattn_node", repo_root)
 cuda_after_import = torch.cuda.is_initialized()
 import arcattn  # noqa: E402
+from arcattn.reference import rel_error  # noqa: E402
 
 with torch.no_grad():
     after = unet(x, timesteps=t, context=ctx)
 decisions = arcattn.get_router().decisions()
-rel = float((after - before).double().norm() / before.double().norm())
+rel = rel_error(after, before)
 
 # the earlier custom node's attn2 patch now reaches arcattn: every cross-attention call goes through its copy
 arcattn.reset_telemetry()
 with torch.no_grad():
     ip_after = unet(x, timesteps=t, context=ctx, transformer_options=ip_options)
-ip_rel = float((ip_after - ip_before).double().norm() / ip_before.double().norm())
+ip_rel = rel_error(ip_after, ip_before)
 ip_decisions = arcattn.get_router().decisions()
 
 # the node, per model, through transformer_options (ComfyUI's wrap_attn hook)
@@ -90,7 +91,7 @@ arcattn.reset_telemetry()
 override = arcattn.hosts.comfyui.make_override(enabled=True, backend="sdpa")
 with torch.no_grad():
     via_node = unet(x, timesteps=t, context=ctx, transformer_options={"optimized_attention_override": override})
-node_rel = float((via_node - before).double().norm() / before.double().norm())
+node_rel = rel_error(via_node, before)
 node_served = sum(d["calls"] for d in arcattn.get_router().decisions())
 
 arcattn.hosts.comfyui.unpatch()

@@ -48,11 +48,12 @@ for name in ("ldm_patched.contrib.nodes_sag",):
 installed = forge.install()
 result = {"host_function": getattr(attention.optimized_attention, "original", attention.optimized_attention).__name__,
           "installed": bool(installed), "mask3d": {}, "functions": {}}
+wrappers = {}
 served_before = sum(v["served"] for v in arcattn.telemetry().values())
 with torch.no_grad():
     for name in FUNCTIONS:
         fn = getattr(attention, name)
-        wrapper = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
+        wrapper = wrappers[name] = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
         result["mask3d"][name] = wrapper.mask3d
         r = result["functions"][name] = {"cases": 0, "both_answered": 0, "worst": 0.0, "host_only_raised": 0,
                                          "arcattn_only_raised": [], "mismatches": []}
@@ -90,8 +91,7 @@ tiled = result["tiled"] = {"cases": 0, "worst": 0.0, "mismatches": []}
 served_before = sum(v["served"] for v in arcattn.telemetry().values())
 with torch.no_grad():
     for name in FUNCTIONS:
-        fn = getattr(attention, name)
-        wrapper = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
+        fn, wrapper = getattr(attention, name), wrappers[name]
         for i in range(6):
             B, T, H, D, St = draw(1, 3), (2, 4, 16)[i % 3], draw(1, 6), 8 * draw(1, 6), draw(1, 17)
             q = torch.randn(B * T, St, H * D, generator=g)

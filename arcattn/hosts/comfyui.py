@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..dispatch import preferred
 from ..env import env_flag
 from .common import HostAttention, loaded_module_dicts
 
@@ -30,6 +31,7 @@ log = logging.getLogger("arcattn")
 
 ATTENTION_MODULE = "comfy.ldm.modules.attention"
 ENV_PATCH = "ARCATTN_COMFYUI_PATCH"
+ATTRS = ("optimized_attention", "optimized_attention_masked")  # the functions patched, wherever bound
 REGISTRY_NAME = "arcattn"
 
 _state: dict = {}  # "module", "originals": {(module, attr): original}, "registered": bool
@@ -70,13 +72,14 @@ def patch(module=None) -> bool:
     orig_masked = getattr(mod, "optimized_attention_masked", orig)
     new = _wrap(mod, ComfyAttention(orig, "comfyui"))
     new_masked = new if orig_masked is orig else _wrap(mod, ComfyAttention(orig_masked, "comfyui"))
-    targets = [(mod, "optimized_attention", orig, new), (mod, "optimized_attention_masked", orig_masked, new_masked)]
+    swaps = list(zip(ATTRS, (orig, orig_masked), (new, new_masked)))  # (attribute, host's function, ours)
+    targets = [(mod, attr, o, n) for attr, o, n in swaps]
     # Modules that did `from comfy.ldm.modules.attention import optimized_attention` hold their own copy: comfy's
     # model modules, and custom nodes that ComfyUI loaded before this one (its folder order is the file system's).
     for _, other, d in loaded_module_dicts():
         if other is mod:
             continue
-        for attr, o, n in (("optimized_attention", orig, new), ("optimized_attention_masked", orig_masked, new_masked)):
+        for attr, o, n in swaps:
             if d.get(attr) is o:
                 targets.append((other, attr, o, n))
     done = []
@@ -90,7 +93,7 @@ def patch(module=None) -> bool:
         raise
     _state["module"] = mod
     _state["originals"] = {(t, a): o for t, a, o in done}
-    _state["ours"] = {id(new): (new, orig), id(new_masked): (new_masked, orig_masked)}
+    _state["ours"] = {id(n): (n, o) for _, o, n in swaps}
     log.info("ComfyUI attention patched: %d bindings now route through arcattn (was %s)",
              len(done), getattr(orig, "__name__", orig))
     return True
@@ -101,15 +104,17 @@ def unpatch() -> None:
     it (e.g. a model module loaded for the first workflow that uses it, or a custom node loaded after this one).
     A binding that another plugin has changed since (its own attention function) is left as that plugin set it."""
     ours = _state.pop("ours", {})
-    for (target, attr), o in _state.pop("originals", {}).items():
-        now = getattr(target, attr, None)
-        if ours.get(id(now), (None,))[0] is now:
-            setattr(target, attr, o)
-    for _, other, d in loaded_module_dicts():
-        for attr in ("optimized_attention", "optimized_attention_masked"):
-            hit = ours.get(id(d.get(attr)))
-            if hit is not None and hit[0] is d.get(attr):
-                setattr(other, attr, hit[1])
+
+    def host_function_behind(fn):  # None unless fn is one of the patch's functions
+        hit = ours.get(id(fn))
+        return hit[1] if hit is not None and hit[0] is fn else None
+
+    sites = [(target, attr, getattr(target, attr, None)) for target, attr in _state.pop("originals", {})]
+    sites += [(other, attr, d.get(attr)) for _, other, d in loaded_module_dicts() for attr in ATTRS]
+    for target, attr, now in sites:
+        original = host_function_behind(now)
+        if original is not None:
+            setattr(target, attr, original)
     _state.pop("module", None)
 
 
@@ -219,7 +224,7 @@ def make_override(enabled: bool = True, backend: Optional[str] = None) -> Callab
     `func` is whatever attention function the model called (ours when the global patch is on). Disabled means the
     host's own function, not ours; enabled routes through arcattn with `backend` preferred.
     """
-    prefer = None if backend in (None, "", "auto") else backend
+    prefer = preferred(backend)
     wrappers: dict = {}
 
     def arcattn_override(func, *args, **kwargs):
@@ -241,7 +246,7 @@ def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> C
 
     Only where autograd is off, as in ComfyUI's sampling (inference mode): a backward pass runs after the wrapper
     has returned, and a checkpointed block recomputed then must take the same path as its forward did."""
-    setting = (enabled, None if backend in (None, "", "auto") else backend)
+    setting = (enabled, preferred(backend))
 
     def arcattn_model_wrapper(executor, *args, **kwargs):
         if torch.is_grad_enabled():

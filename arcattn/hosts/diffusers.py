@@ -15,7 +15,7 @@ import torch
 
 from ..api import get_router
 from ..call import make_call
-from ..dispatch import CONTROL_FLOW, Router, one_line
+from ..dispatch import CONTROL_FLOW, Router, one_line, preferred
 
 log = logging.getLogger("arcattn")
 
@@ -37,7 +37,7 @@ class ArcAttnProcessor:
     cannot serve a call)."""
 
     def __init__(self, backend: Optional[str] = None, router: Optional[Router] = None):
-        self.backend = None if backend in (None, "", "auto") else backend
+        self.backend = preferred(backend)
         self.router = router  # None: the process-wide router
         self._warned: set = set()
 
