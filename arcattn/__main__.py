@@ -10,6 +10,7 @@ import sys
 def _doctor(args) -> int:
     from . import env
     from .api import get_router
+    from .install_check import old_torch_note
     from .selftest import format_results, passed, run_selftest
 
     router = get_router()
@@ -28,6 +29,9 @@ def _doctor(args) -> int:
         print(json.dumps(report, indent=2, default=str))
         return 0 if not results or passed(results) else 1
     print(f"arcattn {info['arcattn']}: {env.describe()}")
+    note = old_torch_note(info["torch"])
+    if note:
+        print(f"note: {note}")
     print("backends (priority order):")
     for b in report["backends"]:
         state = "disabled" if b["disabled"] else ("available" if b["available"] else "unavailable")

@@ -37,6 +37,7 @@ TRITON_DISTS = ("triton", "pytorch-triton-xpu", "triton-windows", "pytorch-trito
                 "triton-xpu")
 XPU_INDEX = "https://download.pytorch.org/whl/xpu"
 STATE_VERSION = 1
+OLDEST_TESTED_TORCH = (2, 5)  # the CPU suite passes on 2.5.1; 2.3.1's SDPA differs (old_torch_note)
 
 
 def _out(line: str = "") -> None:
@@ -300,6 +301,16 @@ def torch_facts() -> dict:
     return {"version": v, "build": build, "device": device, "device_name": name, "extra": extra}
 
 
+def old_torch_note(version: str) -> Optional[str]:
+    """A line for install.py and doctor when torch predates the oldest release arcattn is tested with."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m or (int(m[1]), int(m[2])) >= OLDEST_TESTED_TORCH:
+        return None
+    return (f"torch {version} is older than 2.5, the oldest arcattn is tested with (and the first with Intel XPU "
+            "built in). Inside a host arcattn answers as the host's own SDPA would; its Python API can raise for a "
+            "float32 mask with half-precision inputs and gives NaN for a fully masked row, as this torch's SDPA does")
+
+
 def _safe(fn):
     try:
         return fn()
@@ -458,9 +469,9 @@ def full_check(root: str, host: str, version: str, args, t0: float, environ=None
         return 1, "torch broken", False
     where = t["device"] + (f" ({t['device_name']})" if t["device_name"] else "")
     _out(f"  torch {t['version']} ({t['build']} build{t['extra']}), device: {where}")
-    advice = device_advice(t)
-    if advice:
-        _out(f"  note: {advice}")
+    for note in (device_advice(t), old_torch_note(t["version"])):
+        if note:
+            _out(f"  note: {note}")
 
     # arcattn itself, from this folder
     if root not in sys.path:

@@ -201,6 +201,23 @@ def test_device_advice():
     assert "sees no NVIDIA GPU" in ic.device_advice({"device": "cpu", "build": "CUDA"})
 
 
+def test_old_torch_note(monkeypatch, capsys):
+    """torch before 2.5 (the oldest the suite passes on; 2.3.1's SDPA refuses a float32 mask with fp16 q and gives
+    NaN for a fully masked row) gets one note in install.py's check and in doctor; versions compare as numbers."""
+    for old in ("2.3.1+cu121", "2.4.0", "1.13.1+cpu"):
+        assert "older than 2.5" in ic.old_torch_note(old)
+    for new in ("2.5.1+xpu", "2.10.0", "2.13.0+cpu", "3.0.0", "nightly"):
+        assert ic.old_torch_note(new) is None
+    from arcattn.__main__ import main
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    assert main(["doctor", "--no-selftest"]) == 0
+    assert "note: torch" not in capsys.readouterr().out
+    monkeypatch.setattr(torch, "__version__", "2.3.1+cu121")
+    assert main(["doctor", "--no-selftest"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note: torch 2.3.1+cu121")]
+    assert len(notes) == 1
+
+
 # -- whole runs of install.py in fresh virtual environments -------------------------------------------------
 def _make_venv(path, with_torch: bool) -> str:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, capture_output=True)
@@ -362,6 +379,15 @@ def test_verdict_fast_backend_ready(arc_machine, capsys):
     assert "device: xpu (Intel(R) Arc(TM) B580 Graphics)" in out
     assert "native XMX kernel: not in use" in out and "--build-native" in out
     assert "self-test: xmx n/a; triton pass (err 4.0e-04); sdpa pass (err 3.0e-04)" in out
+
+
+def test_verdict_notes_an_old_torch(arc_machine, capsys, monkeypatch):
+    arc_machine([_entry("sdpa", True, 3e-4)])
+    assert "note: torch" not in _verdict(capsys)[3]
+    monkeypatch.setattr(ic, "torch_facts", lambda: {"version": "2.3.1+cxx11.abi", "build": "CPU", "device": "cpu",
+                                                    "device_name": "", "extra": ""})
+    rc, headline, cacheable, out = _verdict(capsys)
+    assert rc == 0 and "  note: torch 2.3.1+cxx11.abi is older than 2.5" in out, out
 
 
 def test_verdict_wrong_fast_backend_warns_and_is_not_remembered(arc_machine, capsys):

@@ -469,6 +469,19 @@ def test_backend_uses_descriptors_where_the_device_wants_them(rng, monkeypatch):
     check_against_reference(call, b.run(call))
 
 
+def test_xpu_takes_descriptors_only_where_triton_has_them(monkeypatch):
+    """Triton before 3.4 (torch 2.6 / 2.7's XPU builds: 3.2 / 3.3) has no tl.make_tensor_descriptor: there the XPU
+    family takes the pointer path instead of failing to compile on every shape."""
+    from types import SimpleNamespace
+    import triton.language as tl
+    monkeypatch.setattr(torch.xpu, "get_device_properties", lambda i: SimpleNamespace(gpu_subslice_count=20))
+    info = configs.device_info.__wrapped__  # uncached
+    monkeypatch.setattr(tl, "make_tensor_descriptor", getattr(tl, "make_tensor_descriptor", None), raising=False)
+    assert info("xpu", 0, False) == configs.DeviceInfo("xpu", 20, True)
+    monkeypatch.delattr(tl, "make_tensor_descriptor")
+    assert info("xpu", 0, False) == configs.DeviceInfo("xpu", 20, False)
+
+
 def test_backend_steps_down_from_short_keys_to_flash(rng, monkeypatch):
     """Keys and values that do not fit on chip (out of resources) send the call to the flash kernel."""
     from triton.runtime.errors import OutOfResources

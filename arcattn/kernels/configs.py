@@ -214,8 +214,18 @@ def device_info(device_type: str, index: int, interpreted: bool) -> DeviceInfo:
     if device_type == "xpu":
         props = torch.xpu.get_device_properties(index)
         units = int(getattr(props, "gpu_subslice_count", 0) or 0) or max(1, int(getattr(props, "gpu_eu_count", 160)) // 8)
-        return DeviceInfo("xpu", units, True)
+        return DeviceInfo("xpu", units, has_tensor_descriptors())
     return DeviceInfo("interpreter", 1, False)
+
+
+def has_tensor_descriptors() -> bool:
+    """Whether this Triton has `tl.make_tensor_descriptor` (Triton 3.4 on: torch 2.8's pytorch-triton-xpu). Older
+    ones (torch 2.6 / 2.7 on XPU: 3.2 / 3.3) take the kernel's pointer path instead of failing on every shape."""
+    try:
+        import triton.language as tl
+    except Exception:  # noqa: BLE001 - no usable Triton: the backend says why elsewhere
+        return False
+    return hasattr(tl, "make_tensor_descriptor")
 
 
 def _forced() -> Optional[tuple]:
