@@ -306,7 +306,8 @@ def old_torch_note(version: str) -> Optional[str]:
     m = re.match(r"(\d+)\.(\d+)", version)
     if not m or (int(m[1]), int(m[2])) >= OLDEST_TESTED_TORCH:
         return None
-    return (f"torch {version} is older than 2.5, the oldest arcattn is tested with (and the first with Intel XPU "
+    oldest = ".".join(map(str, OLDEST_TESTED_TORCH))
+    return (f"torch {version} is older than {oldest}, the oldest arcattn is tested with (and the first with Intel XPU "
             "built in). Inside a host arcattn answers as the host's own SDPA would; its Python API can raise for a "
             "float32 mask with half-precision inputs and gives NaN for a fully masked row, as this torch's SDPA does")
 
