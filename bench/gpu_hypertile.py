@@ -6,12 +6,14 @@ the router's measured choice, each checked against a float64 reference, and time
 
     python bench/gpu_hypertile.py
 
-Not yet run on a GPU: written in the twenty-second session, when no device time was left; only a dry run on the CPU
-with a tiny shape (`main("cpu", [("tiny", 16, 64, 4, 2)])`, no timings) has run.
+First run on an H100 in the twenty-fourth session's visit (`bench/results/gpu_tests_visit94_h100/hypertile.txt`,
+one timing each); since then each method is timed in ROUNDS rounds, the order alternating, with the spread printed.
+A dry run on the CPU: `main("cpu", [("tiny", 16, 64, 4, 2)])` (no timings there).
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 
 import torch
@@ -34,6 +36,9 @@ SHAPES = [
 ]
 
 
+ROUNDS = 4  # graph timings per method and shape, the order alternating
+
+
 def host_function(device: torch.device):
     root = os.environ.get("ARCATTN_COMFYUI_ROOT")
     if not root:
@@ -46,6 +51,21 @@ def host_function(device: torch.device):
     return f"ComfyUI attention_pytorch ({root})", attention.attention_pytorch
 
 
+def side_by_side(host, ours, device: torch.device, rounds: int = ROUNDS) -> tuple:
+    """Median GPU time of each over `rounds` rounds, the order swapped every round so that neither gains from
+    going second, and the larger of the two spreads ((max - min) / median): what 'beyond noise' means here."""
+    times: dict = {"host": [], "ours": []}
+    for r in range(rounds):
+        pair = [("host", host), ("ours", ours)]
+        for name, fn in (pair if r % 2 == 0 else pair[::-1]):
+            t = graph_us(fn, device)
+            if t is not None:
+                times[name].append(t)
+    med = {n: statistics.median(ts) if ts else None for n, ts in times.items()}
+    spread = max(((max(ts) - min(ts)) / med[n] for n, ts in times.items() if ts), default=float("nan"))
+    return med["host"], med["ours"], spread
+
+
 def main(device: str = "cuda", shapes: list = SHAPES) -> int:
     dev = torch.device(device)
     print(describe(dev))
@@ -55,7 +75,7 @@ def main(device: str = "cuda", shapes: list = SHAPES) -> int:
     ours = HostAttention(host, "comfyui")
     g = torch.Generator(device=dev).manual_seed(20261207)
     print(f"{'shape':<22} {'B':>2} {'q':>18} {'k':>16} {'host us':>9} {'arcattn us':>10} {'ratio':>6} "
-          f"{'err host':>9} {'err ours':>9}  backend")
+          f"{'spread':>6} {'err host':>9} {'err ours':>9}  backend")
     for label, side, C, H, n in shapes:
         for B in (1, 2):
             S = side * side
@@ -69,11 +89,10 @@ def main(device: str = "cuda", shapes: list = SHAPES) -> int:
                 out_host = host(q, k, v, H)
                 out_ours = ours(q, k, v, H)  # the first call of this signature: the router measures and decides
                 served = {b: t["served"] for b, t in arcattn.telemetry().items() if t.get("served")}
-                t_host = graph_us(lambda: host(q, k, v, H), dev)
-                t_ours = graph_us(lambda: ours(q, k, v, H), dev)
+                t_host, t_ours, spread = side_by_side(lambda: host(q, k, v, H), lambda: ours(q, k, v, H), dev)
             ratio = t_host / t_ours if t_host and t_ours else float("nan")
             print(f"{label:<22} {B:>2} {str(tuple(q.shape)):>18} {str(tuple(k.shape)):>16} {t_host or 0:9.1f} "
-                  f"{t_ours or 0:10.1f} {ratio:6.2f} {rel_error(out_host, ref):9.1e} {rel_error(out_ours, ref):9.1e}"
+                  f"{t_ours or 0:10.1f} {ratio:6.2f} {spread:6.1%} {rel_error(out_host, ref):9.1e} {rel_error(out_ours, ref):9.1e}"
                   f"  {served or dict(ours.fallbacks)}")
     return 0
 
