@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+from typing import Optional
 
 import torch
 
@@ -51,11 +52,11 @@ def host_function(device: torch.device):
     return f"ComfyUI attention_pytorch ({root})", attention.attention_pytorch
 
 
-def side_by_side(host, ours, device: torch.device, rounds: int = ROUNDS) -> tuple:
+def side_by_side(host, ours, device: torch.device, rounds: Optional[int] = None) -> tuple:
     """Median GPU time of each over `rounds` rounds, the order swapped every round so that neither gains from
     going second, and the larger of the two spreads ((max - min) / median): what 'beyond noise' means here."""
     times: dict = {"host": [], "ours": []}
-    for r in range(rounds):
+    for r in range(rounds or ROUNDS):
         pair = [("host", host), ("ours", ours)]
         for name, fn in (pair if r % 2 == 0 else pair[::-1]):
             t = graph_us(fn, device)
