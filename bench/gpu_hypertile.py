@@ -26,9 +26,9 @@ from arcattn.hosts.common import HostAttention
 from arcattn.hosts.comfyui import settle_sdpa_order
 from arcattn.reference import attention_reference, rel_error
 
-# (name, latent side, channels, heads, tiles per side), each at batch 1 and 2: HyperTile's default 256 px tiles are 32 latent
-# tokens a side; SD1.5's first level (D 40) at 768, 1024 and 1536 px; SDXL's second level (D 64) at 1024 px with
-# max_depth 1
+# (name, latent side, channels, heads, tiles per side), each at batch 1 and 2: HyperTile's default 256 px tiles
+# are 32 latent tokens a side; SD1.5's first level (D 40) at 768, 1024 and 1536 px; SDXL's second level (D 64) at
+# 1024 px with max_depth 1
 SHAPES = [
     ("sd15 768px in1 self", 96, 320, 8, 3),
     ("sd15 1024px in1 self", 128, 320, 8, 4),
@@ -93,7 +93,8 @@ def main(device: str = "cuda", shapes: list = SHAPES) -> int:
                 t_host, t_ours, spread = side_by_side(lambda: host(q, k, v, H), lambda: ours(q, k, v, H), dev)
             ratio = t_host / t_ours if t_host and t_ours else float("nan")
             print(f"{label:<22} {B:>2} {str(tuple(q.shape)):>18} {str(tuple(k.shape)):>16} {t_host or 0:9.1f} "
-                  f"{t_ours or 0:10.1f} {ratio:6.2f} {spread:6.1%} {rel_error(out_host, ref):9.1e} {rel_error(out_ours, ref):9.1e}"
+                  f"{t_ours or 0:10.1f} {ratio:6.2f} {spread:6.1%} {rel_error(out_host, ref):9.1e} "
+                  f"{rel_error(out_ours, ref):9.1e}"
                   f"  {served or dict(ours.fallbacks)}")
     return 0
 

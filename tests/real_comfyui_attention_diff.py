@@ -22,6 +22,12 @@ import arcattn  # noqa: E402
 from arcattn.hosts.comfyui import make_override  # noqa: E402
 from arcattn.reference import attention_reference, rel_error  # noqa: E402
 
+
+def served_total() -> int:
+    """Calls arcattn has served so far, all backends together."""
+    return sum(v["served"] for v in arcattn.telemetry().values())
+
+
 FUNCTIONS = ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 g = torch.Generator().manual_seed(20261207)
@@ -59,7 +65,7 @@ def reference(c):
 override = make_override(enabled=True, backend="sdpa")
 results = {name: {"cases": 0, "worst_vs_ref": 0.0, "worst_vs_host": 0.0, "host_wrong": 0, "failures": []}
            for name in FUNCTIONS}
-served_before = sum(v["served"] for v in arcattn.telemetry().values())
+served_before = served_total()
 with torch.no_grad():
     for i in range(n_cases):
         c = case()
@@ -86,12 +92,12 @@ with torch.no_grad():
                                           skip_reshape=c["skip_reshape"],
                                           skip_output_reshape=c["skip_output_reshape"],
                                           vs_ref=e_ref, vs_host=e_host, host_vs_ref=e_host_ref))
-served = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+served = served_total() - served_before
 
 # q in tiles beside whole k and v (ComfyUI's HyperTile: q (B * T, S / T, C), k and v (B, S, C)): every function
 # reads k and v by q's batch, so each tile attends to S / T consecutive keys
 tiled = {"cases": 0, "worst_vs_ref": 0.0, "worst_vs_host": 0.0, "failures": []}
-served_before = sum(v["served"] for v in arcattn.telemetry().values())
+served_before = served_total()
 with torch.no_grad():
     for i in range(max(1, n_cases // 10)):
         B, T, H, D, St = pick((1, 2)), pick((2, 4, 16)), pick((1, 5, 8)), pick((8, 40, 64)), pick((1, 7, 16))
@@ -111,6 +117,6 @@ with torch.no_grad():
             if e_ref >= TOL[dtype] or e_host >= TOL[dtype]:
                 tiled["failures"].append(dict(function=name, B=B, T=T, H=H, D=D, St=St, dtype=str(dtype),
                                               vs_ref=e_ref, vs_host=e_host))
-tiled["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+tiled["served"] = served_total() - served_before
 print(json.dumps({"functions": results, "calls": n_cases * len(FUNCTIONS), "served": served, "tiled": tiled,
                   "host_function": attention.optimized_attention.__name__}))

@@ -1,8 +1,8 @@
 """Run with a Forge fork's Python inside its checkout (argv: checkout, repo, cases per function): arcattn's Forge
 wrapper against each of the fork's own ldm_patched attention functions on random inputs, masks of every shape
 (2-D, 3-D with a first dim of 1, B, H and B * H, 4-D), and on q in tiles beside whole k and v (HyperTile); and the
-copy of the attention function that the fork's SAG node takes at import, rebound. Prints one JSON line. Used by tests/test_forge_forks_real.py
-in a subprocess (the forks parse sys.argv and pick their attention at import)."""
+copy of the attention function that the fork's SAG node takes at import, rebound. Prints one JSON line. Used by
+tests/test_forge_forks_real.py in a subprocess (the forks parse sys.argv and pick their attention at import)."""
 import json
 import sys
 
@@ -27,6 +27,12 @@ import arcattn  # noqa: E402
 from arcattn.hosts import forge  # noqa: E402
 from arcattn.reference import rel_error  # noqa: E402
 
+
+def served_total() -> int:
+    """Calls arcattn has served so far, all backends together."""
+    return sum(v["served"] for v in arcattn.telemetry().values())
+
+
 FUNCTIONS = [n for n in ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")
              if hasattr(attention, n)]
 g = torch.Generator().manual_seed(20261207)
@@ -49,7 +55,7 @@ installed = forge.install()
 result = {"host_function": getattr(attention.optimized_attention, "original", attention.optimized_attention).__name__,
           "installed": bool(installed), "mask3d": {}, "functions": {}}
 wrappers = {}
-served_before = sum(v["served"] for v in arcattn.telemetry().values())
+served_before = served_total()
 with torch.no_grad():
     for name in FUNCTIONS:
         fn = getattr(attention, name)
@@ -83,12 +89,12 @@ with torch.no_grad():
             r["worst"] = max(r["worst"], err)
             if err >= 1e-5:
                 r["mismatches"].append([list(shape or ()), B, H, err])
-result["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+result["served"] = served_total() - served_before
 result["contrib_copies_ours"] = {n: isinstance(m.optimized_attention, forge.ForgeAttention) for n, m in contrib.items()}
 
 # q in tiles beside whole k and v, as reForge's HyperTile passes them: each function reads k and v by q's batch
 tiled = result["tiled"] = {"cases": 0, "worst": 0.0, "mismatches": []}
-served_before = sum(v["served"] for v in arcattn.telemetry().values())
+served_before = served_total()
 with torch.no_grad():
     for name in FUNCTIONS:
         fn, wrapper = getattr(attention, name), wrappers[name]
@@ -101,6 +107,6 @@ with torch.no_grad():
             tiled["worst"] = max(tiled["worst"], err)
             if err >= 1e-5:
                 tiled["mismatches"].append([name, B, T, H, D, St, err])
-tiled["served"] = sum(v["served"] for v in arcattn.telemetry().values()) - served_before
+tiled["served"] = served_total() - served_before
 forge.uninstall()
 print(json.dumps(result))

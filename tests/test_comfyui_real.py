@@ -147,8 +147,8 @@ def test_real_builtin_attention_nodes_with_arcattn():
     base = r["none"]["plain"]["served"]
     # each node did its part: the extra UNet passes of the guidance nodes and the ControlNet's own attention calls
     # were served too (PAG's perturbed attention returns v and makes no call; SAG's call that records the scores is
-    # its own attention_basic_with_sim, not a host function); HyperTile's tiles (2 x 16 tiles of 16 queries, keys read by q's batch) and ToMe's merged
-    # queries (180 of 256) reached arcattn
+    # its own attention_basic_with_sim, not a host function); HyperTile's tiles (2 x 16 tiles of 16 queries, keys
+    # read by q's batch) and ToMe's merged queries (180 of 256) reached arcattn
     for feature in ("SelfAttentionGuidance", "PerturbedAttentionGuidance", "ControlNet"):
         assert r[feature]["plain"]["served"] > base, (feature, r[feature]["plain"]["served"], base)
     for feature in features[1:]:  # each changes the result far beyond arcattn's difference from the stock one
