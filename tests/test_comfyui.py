@@ -1,6 +1,7 @@
 """ComfyUI adapter against a stand-in of comfy.ldm.modules.attention with the host's signatures and hooks."""
 import importlib
 import logging
+import math
 import os
 import sys
 import types
@@ -15,14 +16,18 @@ from arcattn.dispatch import Router
 from arcattn.reference import attention_reference, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDINS = os.path.join(ROOT, "tests", "standins")
+# ComfyUI 0.3.64's conventions, and later ComfyUI's (q, k and v in single-use containers, `preferred_attention`,
+# `scale=` honoured): every test of the adapter runs against both
+STANDIN_ROOTS = {"0.3.64": os.path.join(ROOT, "tests", "standins"),
+                 "next": os.path.join(ROOT, "tests", "standins", "comfy_next")}
 
 
-@pytest.fixture
-def comfy():
+@pytest.fixture(params=sorted(STANDIN_ROOTS))
+def comfy(request):
     """Fresh stand-in host modules for each test; the real ComfyUI test runs in its own process."""
     for name in [n for n in sys.modules if n == "comfy" or n.startswith("comfy.")]:
         del sys.modules[name]
+    STANDINS = STANDIN_ROOTS[request.param]
     sys.path.insert(0, STANDINS)
     try:
         attention = importlib.import_module("comfy.ldm.modules.attention")
@@ -250,22 +255,59 @@ def test_keys_are_read_by_the_querys_batch_as_the_host_reads_them(comfy, rec, rn
 
 
 def test_scale_keyword_is_treated_as_the_host_function_treats_it(rec, rng):
-    """ComfyUI's functions swallow `scale=` in **kwargs and ignore it: so does arcattn. A function that names
-    `scale` gets it honoured."""
+    """`scale=` hidden in **kwargs: ComfyUI 0.3.64 and Forge ignore it, later ComfyUI honours it. arcattn serves
+    the default scale, which both readings share, and hands any other back, so the host's own reading answers.
+    A function that names `scale` gets it honoured."""
     from arcattn.hosts.common import HostAttention
     q, k, v = inputs(rng)
+    H, D = 4, q.shape[-1] // 4
+    q4, k4, v4 = (t.unflatten(-1, (H, -1)).transpose(1, 2) for t in (q, k, v))
+    host_calls = []
 
     def ignores(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, **kwargs):
+        host_calls.append("ignores")
+        return attention_reference(q4, k4, v4)[0].transpose(1, 2).flatten(2).to(q.dtype)
+
+    def honours_in_kwargs(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, **kwargs):
+        host_calls.append("honours_in_kwargs")
+        s = kwargs.get("scale", D ** -0.5)
+        return attention_reference(q4, k4, v4, scale=s)[0].transpose(1, 2).flatten(2).to(q.dtype)
+
+    def names_it(q, k, v, heads, mask=None, scale=None, **kwargs):
         raise AssertionError("not reached")
 
-    def honours(q, k, v, heads, mask=None, scale=None, **kwargs):
-        raise AssertionError("not reached")
-    q4, k4, v4 = (t.unflatten(-1, (4, -1)).transpose(1, 2) for t in (q, k, v))
-    for fn, scale in ((ignores, None), (honours, 0.3)):
-        out = HostAttention(fn, "comfyui")(q, k, v, 4, scale=0.3)
-        ref, _ = attention_reference(q4, k4, v4, scale=scale)
-        assert rel_error(out, ref.transpose(1, 2).flatten(2)) < 1e-5
-    assert len(rec.seen) == 2
+    for fn in (ignores, honours_in_kwargs):
+        wrapped = HostAttention(fn, "comfyui")
+        for scale in (0.3, None, D ** -0.5, 1 / math.sqrt(D)):
+            host_calls.clear()
+            seen = len(rec.seen)
+            out = wrapped(q, k, v, H, scale=scale)
+            expected = fn(q, k, v, H, **({} if scale is None else {"scale": scale}))
+            assert rel_error(out, expected) < 1e-5, (fn.__name__, scale)
+            served = len(rec.seen) > seen
+            assert served == (scale != 0.3) and (host_calls == [fn.__name__] * 2) == (not served), (fn, scale)
+    ref, _ = attention_reference(q4, k4, v4, scale=0.3)
+    out = HostAttention(names_it, "comfyui")(q, k, v, H, scale=0.3)
+    assert rel_error(out, ref.transpose(1, 2).flatten(2)) < 1e-5
+    assert rel_error(ref, attention_reference(q4, k4, v4)[0]) > 1e-2  # the scales tell apart
+
+
+def test_grouped_query_call_goes_to_the_host(rec, rng, caplog):
+    """Later ComfyUI passes `enable_gqa=True` with k and v of fewer heads than q: the host's function serves it."""
+    from arcattn.hosts.common import HostAttention
+    q = torch.randn(2, 4, 16, 8, generator=rng)
+    k, v = (torch.randn(2, 2, 16, 8, generator=rng) for _ in range(2))
+
+    def host(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
+             **kwargs):
+        assert kwargs.get("enable_gqa") and skip_reshape and skip_output_reshape
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    with caplog.at_level(logging.WARNING, logger="arcattn"):
+        out = HostAttention(host, "comfyui")(q, k, v, 4, skip_reshape=True, skip_output_reshape=True,
+                                             enable_gqa=True)
+    assert not rec.seen and "enable_gqa" in caplog.text
+    ref, _ = attention_reference(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    assert rel_error(out, ref) < 1e-5
 
 
 def test_masked_call_goes_to_a_backend_that_takes_masks(comfy, rec, rng):
@@ -330,6 +372,41 @@ def test_any_failure_is_served_by_the_host_and_logged_once(comfy, rng, caplog):
         common.get_router = real
     assert attention.CALLS.count("attention_pytorch") >= 3
     assert len([r for r in caplog.records if "router exploded" in r.getMessage()]) == 1
+
+
+def test_cross_attention_through_a_failing_arcattn_is_the_hosts(comfy, rng, monkeypatch):
+    """The whole layer, arcattn failing on every call: the host's function serves, with the inputs it would have
+    had (later ComfyUI hands them over in single-use containers, unpacked once before arcattn sees them)."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    import arcattn.hosts.common as common
+    layer = attention.CrossAttention(64, context_dim=32, heads=4, dim_head=16).requires_grad_(False)
+    x, ctx = torch.randn(2, 10, 64, generator=rng), torch.randn(2, 77, 32, generator=rng)
+    before = layer(x, ctx)
+    comfyui.patch(attention)
+
+    def broken_router():
+        raise RuntimeError("router exploded")
+    monkeypatch.setattr(common, "get_router", broken_router)
+    attention.CALLS.clear()
+    assert rel_error(layer(x, ctx), before) < 1e-6 and attention.CALLS == ["attention_pytorch"]
+
+
+def test_scale_given_to_the_patched_function_is_answered_as_the_host_answers(comfy, rec, rng):
+    """0.3.64 ignores `scale=`, later ComfyUI honours it: through the patch the answer is the host's either way;
+    the default scale, which both read alike, is served."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    q, k, v = inputs(rng)
+    host, host_default = attention.attention_pytorch(q, k, v, 4, scale=0.3), attention.attention_pytorch(q, k, v, 4)
+    comfyui.patch(attention)
+    attention.CALLS.clear()
+    assert rel_error(attention.optimized_attention(q, k, v, 4, scale=0.3), host) < 1e-6
+    assert rec.seen == [] and attention.CALLS == ["attention_pytorch"]
+    out = attention.optimized_attention(q, k, v, 4, scale=(q.shape[-1] // 4) ** -0.5)
+    assert len(rec.seen) == 1 and rel_error(out, host_default) < 1e-5
+    honours = rel_error(host, host_default) > 1e-2
+    assert honours == ("comfy_next" in attention.__file__)  # the two stand-ins differ where they should
 
 
 def test_fallback_calls_a_minimal_replacement_and_logs_once_per_process(rng, caplog, monkeypatch):

@@ -64,8 +64,9 @@ def test_real_unet_same_output_and_attention_served_by_arcattn():
 def test_real_attention_functions_and_arcattn_agree_on_random_inputs():
     """arcattn's wrapper (the node's override, sdpa) against each of ComfyUI's own attention functions on 200
     random inputs: layouts, output layouts, float masks of every shape ComfyUI reads, fp32 and fp64; each answer
-    within tolerance of a float64 reference, and of the host's own answer wherever that one is right; and 20
-    inputs with q in tiles beside whole k and v, as HyperTile passes them (tests/real_comfyui_attention_diff.py)."""
+    within tolerance of a float64 reference, and of the host's own answer wherever that one is right; 20
+    inputs with q in tiles beside whole k and v, as HyperTile passes them; and 20 with `scale=`, default or not,
+    each answered as the host answers it (tests/real_comfyui_attention_diff.py)."""
     env = dict(os.environ)
     for name in ("ARCATTN_BACKEND", "ARCATTN_COMFYUI_PATCH", "ARCATTN_DISABLE"):
         env.pop(name, None)
@@ -83,6 +84,12 @@ def test_real_attention_functions_and_arcattn_agree_on_random_inputs():
     t = r["tiled"]
     print("tiled", {k: v for k, v in t.items() if k != "failures"})
     assert t["cases"] == 80 and t["served"] == 80 and not t["failures"], t["failures"][:5]
+    # scale= in **kwargs: the host's own answer every time; served where it is the default scale
+    sc = r["scaled"]
+    print("scaled", {k: v for k, v in sc.items() if k != "failures"})
+    assert sc["cases"] == 80 and 0 < sc["default"] < 80 and sc["served"] == sc["default"], sc
+    assert sc["compared"] >= 60, sc
+    assert not sc["failures"], sc["failures"][:5]
 
 
 def test_real_workflow_through_comfyui_loader_validation_and_executor():

@@ -161,8 +161,9 @@ def settle_sdpa_order() -> None:
     """Have torch choose its SDPA backend order now, before ComfyUI's first attention call can capture it.
 
     torch picks its default order at the first SDPA call of a process (on Hopper, torch 2.11: cuDNN first).
-    ComfyUI (comfy/ops.py) runs each of its SDPA calls inside sdpa_kernel(..., set_priority=True) whenever
-    torch.cuda.is_available() and sdpa_kernel takes set_priority (under --cpu too, where it is harmless). On exit
+    ComfyUI 0.3.64 (comfy/ops.py) runs each of its SDPA calls inside sdpa_kernel(..., set_priority=True) whenever
+    torch.cuda.is_available() and sdpa_kernel takes set_priority (under --cpu too, where it is harmless); later
+    versions do so for q of 128 K elements or more (some only on Windows), smaller calls running bare. On exit
     that restores the order it found; on the very first call that is the order torch has not chosen yet (flash
     first), and from then on every SDPA call outside ComfyUI's own function (arcattn's included) runs flash
     attention: 142 against 81 us for SD1.5's D = 40 4096^2 call on an H200 (session 11). Asking torch for its

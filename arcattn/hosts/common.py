@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import sys
 from collections import Counter
 from typing import Callable, Iterator, Optional
@@ -54,8 +55,9 @@ class HostAttention:
         if mask3d not in ("batch", "heads", None):
             raise ValueError(f"mask3d must be 'batch', 'heads' or None, got {mask3d!r}")
         self.mask3d = mask3d
-        # `scale=` as the host's own function treats it: ComfyUI's functions take it into **kwargs and ignore it,
-        # so arcattn does too unless the function names it (the answer must not depend on which path served it)
+        # `scale=` only where the function names it. Hidden in **kwargs it is ignored by ComfyUI 0.3.64 and Forge
+        # and honoured by later ComfyUI: there arcattn serves only the default scale, which both readings share,
+        # and hands any other back (the answer must not depend on which path served it)
         try:
             self.takes_scale = "scale" in inspect.signature(original).parameters
         except (TypeError, ValueError):
@@ -81,6 +83,15 @@ class HostAttention:
             if kwargs.get("low_precision_attention") is False:
                 prefer = "sdpa"  # the host asked for no low-precision kernel: plain SDPA
             layout = "bhsd" if skip_reshape else "bsd"
+            if kwargs.get("enable_gqa"):
+                raise ValueError("grouped-query attention (enable_gqa) is not served")
+            scale = kwargs.get("scale")
+            if scale is not None and not self.takes_scale:
+                d = q.shape[-1] if skip_reshape else q.shape[-1] // heads
+                if not math.isclose(scale, d ** -0.5, rel_tol=1e-6):
+                    raise ValueError("a scale other than 1/sqrt(head dim), where the host's function takes it in "
+                                     "**kwargs: whether it honours it depends on the host's version")
+                scale = None
             kk, vv = k, v
             if not skip_reshape and q.dim() == 3 and (k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]):
                 # The hosts' functions read every tensor by q's batch (t.view or t.reshape(b, -1, heads, dim_head),
@@ -96,7 +107,7 @@ class HostAttention:
                                      "dim is not known")
             call = make_call(q, kk, vv, heads=heads, layout=layout,
                              out_layout="bhsd" if skip_output_reshape else "bsd",
-                             mask=m, scale=kwargs.get("scale") if self.takes_scale else None)
+                             mask=m, scale=scale)
             return get_router().run(call, prefer=prefer)
         except CONTROL_FLOW:
             raise
