@@ -16,18 +16,17 @@ from arcattn.dispatch import Router
 from arcattn.reference import attention_reference, rel_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDINS = os.path.join(ROOT, "tests", "standins")
+
+
 # ComfyUI 0.3.64's conventions, and later ComfyUI's (q, k and v in single-use containers, `preferred_attention`,
 # `scale=` honoured): every test of the adapter runs against both
-STANDIN_ROOTS = {"0.3.64": os.path.join(ROOT, "tests", "standins"),
-                 "next": os.path.join(ROOT, "tests", "standins", "comfy_next")}
-
-
-@pytest.fixture(params=sorted(STANDIN_ROOTS))
-def comfy(request):
+@pytest.fixture(params=["0.3.64", "later"])
+def comfy(request, monkeypatch):
     """Fresh stand-in host modules for each test; the real ComfyUI test runs in its own process."""
     for name in [n for n in sys.modules if n == "comfy" or n.startswith("comfy.")]:
         del sys.modules[name]
-    STANDINS = STANDIN_ROOTS[request.param]
+    monkeypatch.setenv("ARCATTN_STANDIN_COMFYUI", request.param)
     sys.path.insert(0, STANDINS)
     try:
         attention = importlib.import_module("comfy.ldm.modules.attention")
@@ -406,7 +405,7 @@ def test_scale_given_to_the_patched_function_is_answered_as_the_host_answers(com
     out = attention.optimized_attention(q, k, v, 4, scale=(q.shape[-1] // 4) ** -0.5)
     assert len(rec.seen) == 1 and rel_error(out, host_default) < 1e-5
     honours = rel_error(host, host_default) > 1e-2
-    assert honours == ("comfy_next" in attention.__file__)  # the two stand-ins differ where they should
+    assert honours == attention.LATER  # the two versions differ where they should
 
 
 def test_fallback_calls_a_minimal_replacement_and_logs_once_per_process(rng, caplog, monkeypatch):
