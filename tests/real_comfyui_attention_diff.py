@@ -18,14 +18,9 @@ comfy.options.enable_args_parsing()
 import comfy.cli_args  # noqa: E402,F401
 import comfy.ldm.modules.attention as attention  # noqa: E402
 
-import arcattn  # noqa: E402
 from arcattn.hosts.comfyui import make_override  # noqa: E402
 from arcattn.reference import attention_reference, rel_error  # noqa: E402
-
-
-def served_total() -> int:
-    """Calls arcattn has served so far, all backends together."""
-    return sum(v["served"] for v in arcattn.telemetry().values())
+from served_calls import served_total  # noqa: E402
 
 
 FUNCTIONS = ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")

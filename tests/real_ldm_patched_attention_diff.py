@@ -23,14 +23,9 @@ import torch  # noqa: E402
 
 import ldm_patched.ldm.modules.attention as attention  # noqa: E402
 
-import arcattn  # noqa: E402
 from arcattn.hosts import forge  # noqa: E402
 from arcattn.reference import rel_error  # noqa: E402
-
-
-def served_total() -> int:
-    """Calls arcattn has served so far, all backends together."""
-    return sum(v["served"] for v in arcattn.telemetry().values())
+from served_calls import served_total  # noqa: E402
 
 
 FUNCTIONS = [n for n in ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")

@@ -34,6 +34,7 @@ def _probe(attention_flag: str) -> dict:
     import arcattn
     from arcattn.hosts import forge
     from arcattn.reference import attention_reference, rel_error
+    from served_calls import served_total
 
     import backend.attention as A
     import backend.nn.unet as U
@@ -86,25 +87,25 @@ def _probe(attention_flag: str) -> dict:
             pos = torch.arange(24, dtype=torch.float64)[:, None] * (1e-2 * torch.arange(1, 17, dtype=torch.float64))
             c, s = torch.cos(pos), torch.sin(pos)
             pe = torch.stack([c, -s, s, c], -1).reshape(24, 16, 2, 2).float()[None, None]
-            before_f = sum(v["served"] for v in arcattn.telemetry().values())
+            before_f = served_total()
             fo = FL.attention(q, k, v, pe)
             qr, kr = FL.apply_rope(q, k, pe)
             fref = attention_reference(qr, kr, v)[0].transpose(1, 2).reshape(1, 24, 64)
             res["flux_rel_error_vs_ref"] = rel_error(fo, fref)
-            res["flux_served"] = sum(v["served"] for v in arcattn.telemetry().values()) - before_f
+            res["flux_served"] = served_total() - before_f
         # a 3-D mask with B == H: Forge's attention_pytorch reads its first dim over heads, its sliced functions
         # over the batch; the wrapper must read it as the function it wraps does
         mq, mk, mv = (torch.randn(2, S, 32, generator=g) for S in (13, 7, 7))
         mask3 = torch.randn(2, 13, 7, generator=g)
-        m0 = sum(v["served"] for v in arcattn.telemetry().values())
+        m0 = served_total()
         mo = A.attention_function(mq, mk, mv, 2, mask=mask3)
-        res["mask3d_served"] = sum(v["served"] for v in arcattn.telemetry().values()) - m0
+        res["mask3d_served"] = served_total() - m0
         res["mask3d_rel_error_vs_host"] = rel_error(mo, original(mq, mk, mv, 2, mask=mask3).double())
         forge.set_generation(False)
-        t0 = sum(v["served"] for v in arcattn.telemetry().values())
+        t0 = served_total()
         off = attn(x, context=ctx)
         res["disabled_bitwise_equal_host"] = bool(torch.equal(off, host_out))
-        res["disabled_served"] = sum(v["served"] for v in arcattn.telemetry().values()) - t0
+        res["disabled_served"] = served_total() - t0
         res["restored"] = forge.uninstall()
         res["originals_back"] = (A.attention_function is original and U.attention_function is original
                                  and (FL is None or FL.attention_function is original))
