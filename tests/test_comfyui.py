@@ -3,7 +3,9 @@ import importlib
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import types
 
 import pytest
@@ -535,6 +537,49 @@ def test_node_setting_holds_for_calls_without_transformer_options(comfy, rec, rn
     apply_model(model)  # no node: the global patch's choice
     assert len(rec.seen) == 1 and attention.CALLS == []
     assert comfyui._model_setting.get() is None  # nothing left set after the model returned
+
+
+def test_node_setting_holds_on_multigpu_worker_threads(comfy, rec, rng):
+    """Later ComfyUI's multi-GPU sampling runs part of a step on persistent worker threads (started before the step,
+    so they never saw its ContextVar). A call there without transformer_options follows the node of the step
+    running now; once no step runs, the global patch's choice again."""
+    attention, patcher = comfy
+    from arcattn.hosts import comfyui
+    import comfy.patcher_extension as ext
+    import nodes as arc_nodes
+    comfyui.patch(attention)
+    copy = attention.optimized_attention
+    q, k, v = inputs(rng)
+    host = attention.attention_pytorch(q, k, v, 4)
+    work, results = queue.Queue(), queue.Queue()
+
+    def worker_loop():  # as comfy.multigpu.MultiGPUThreadPool._worker_loop: one thread for the whole run
+        with torch.inference_mode():
+            for fn in iter(work.get, None):
+                results.put(fn())
+
+    def on_worker():
+        work.put(lambda: copy(q, k, v, 4))
+        return results.get(timeout=60)
+
+    worker = threading.Thread(target=worker_loop, daemon=True)
+    worker.start()
+    try:
+        model = patcher.ModelPatcher(torch.nn.Identity())
+        (off,) = arc_nodes.ArcAttention().apply(model, enabled=False, backend="auto")
+        rec.seen.clear()
+        attention.CALLS.clear()
+        with torch.inference_mode():
+            out = ext.run_with_wrappers(off.get_all_wrappers(ext.WrappersMP.CALC_COND_BATCH), on_worker)
+        assert rec.seen == [] and attention.CALLS == ["attention_pytorch"] and rel_error(out, host) < 1e-6
+
+        attention.CALLS.clear()
+        on_worker()  # between steps: the global patch serves it
+        assert len(rec.seen) == 1 and attention.CALLS == []
+        assert comfyui._step_settings == []
+    finally:
+        work.put(None)
+        worker.join(timeout=10)
 
 
 def test_node_package_import_patches_and_registers(comfy, rng):

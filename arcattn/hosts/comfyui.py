@@ -10,7 +10,7 @@ Two ways in, both undoable:
   `wrap_attn` consults on every attention call, so it works with or without the global patch. With the global
   patch on, the node also wraps the model's sampling steps (a ComfyUI model wrapper) so that its setting holds for
   the calls that carry no transformer_options, such as an IP-Adapter node's through its own copy of the function
-  or a ControlNet's.
+  or a ControlNet's, on the sampling thread and on later ComfyUI's multi-GPU worker threads.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ REGISTRY_NAME = "arcattn"
 _state: dict = {}  # "module", "originals": {(module, attr): original}, "registered": bool
 # (enabled, preferred backend) of the Arc Attention node of the model running now, set by its model wrapper
 _model_setting: contextvars.ContextVar = contextvars.ContextVar("arcattn_comfyui_model_setting", default=None)
+# The same settings for threads that never saw that ContextVar: later ComfyUI runs a step's work for its other GPUs
+# on persistent worker threads (comfy.multigpu.MultiGPUThreadPool) while the wrapper runs. (token, setting), newest last.
+_step_settings: list = []
 MODEL_WRAPPER_KEY = "arcattn"
 
 
@@ -46,6 +49,11 @@ class ComfyAttention(HostAttention):
 
     def setting(self) -> tuple:
         s = _model_setting.get()
+        if s is None and _step_settings:
+            try:
+                s = _step_settings[-1][1]
+            except IndexError:  # the step ended on another thread just now
+                s = None
         return s if s is not None else (self.enabled, self.prefer)
 
 
@@ -246,17 +254,24 @@ def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> C
     step of the model, its ControlNets included) under which the global patch's function follows this setting.
 
     Only where autograd is off, as in ComfyUI's sampling (inference mode): a backward pass runs after the wrapper
-    has returned, and a checkpointed block recomputed then must take the same path as its forward did."""
+    has returned, and a checkpointed block recomputed then must take the same path as its forward did.
+
+    The setting also holds on threads that run while the step does and carry no setting of their own: later
+    ComfyUI's multi-GPU sampling runs the model's clones on other GPUs in persistent worker threads, which do not
+    inherit the sampling thread's ContextVar."""
     setting = (enabled, preferred(backend))
 
     def arcattn_model_wrapper(executor, *args, **kwargs):
         if torch.is_grad_enabled():
             return executor(*args, **kwargs)
         token = _model_setting.set(setting)
+        entry = (object(), setting)
+        _step_settings.append(entry)
         try:
             return executor(*args, **kwargs)
         finally:
             _model_setting.reset(token)
+            _step_settings.remove(entry)  # by identity of its token: equal settings are distinct entries
 
     return arcattn_model_wrapper
 
