@@ -539,6 +539,25 @@ def test_node_setting_holds_for_calls_without_transformer_options(comfy, rec, rn
     assert comfyui._model_setting.get() is None  # nothing left set after the model returned
 
 
+def test_node_replacing_another_nodes_override_says_so(comfy, caplog):
+    """ComfyUI keeps one attention override per model: the node's replaces an earlier node's (one log line naming
+    it), and a second Arc Attention node replaces the first's quietly."""
+    _, patcher = comfy
+    import nodes as arc_nodes
+
+    def other_plugins_override(func, *args, **kwargs):
+        return func(*args, **kwargs)
+
+    model = patcher.ModelPatcher(torch.nn.Identity())
+    model.model_options["transformer_options"]["optimized_attention_override"] = other_plugins_override
+    with caplog.at_level(logging.INFO, logger="arcattn"):
+        (on,) = arc_nodes.ArcAttention().apply(model, enabled=True, backend="auto")
+        arc_nodes.ArcAttention().apply(on, enabled=False, backend="auto")
+    said = [r.getMessage() for r in caplog.records if "replaces" in r.getMessage()]
+    assert len(said) == 1 and "other_plugins_override" in said[0]
+    assert model.model_options["transformer_options"]["optimized_attention_override"] is other_plugins_override
+
+
 def test_node_setting_holds_on_multigpu_worker_threads(comfy, rec, rng):
     """Later ComfyUI's multi-GPU sampling runs part of a step on persistent worker threads (started before the step,
     so they never saw its ContextVar). A call there without transformer_options follows the node of the step

@@ -281,6 +281,10 @@ def set_model_setting(patcher, enabled: bool = True, backend: Optional[str] = No
     has model wrappers, the wrapper above in place of any earlier node's."""
     opts = patcher.model_options.setdefault("transformer_options", {})
     opts = patcher.model_options["transformer_options"] = dict(opts)  # never share the dict with the source model
+    earlier = opts.get("optimized_attention_override")
+    if earlier is not None and not hasattr(earlier, "arcattn"):  # the host keeps one override per model
+        log.info("Arc Attention replaces the attention override another node set on this model (%s)",
+                 getattr(earlier, "__qualname__", type(earlier).__name__))
     opts["optimized_attention_override"] = make_override(enabled=enabled, backend=backend)
     add = getattr(patcher, "add_wrapper_with_key", None)
     if not callable(add):
