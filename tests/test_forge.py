@@ -30,8 +30,19 @@ def _host_modules():
 
 
 @pytest.fixture
-def host(monkeypatch):
+def forge_version():
+    """Which Forge the stand-in's backend/attention.py is (ARCATTN_STANDIN_FORGE): tests that hold for both
+    parametrize it with BOTH."""
+    return "forge"
+
+
+BOTH = pytest.mark.parametrize("forge_version", ["forge", "neo"])
+
+
+@pytest.fixture
+def host(monkeypatch, forge_version):
     """Puts a stand-in root on sys.path; afterwards uninstalls arcattn and forgets every stand-in module."""
+    monkeypatch.setenv("ARCATTN_STANDIN_FORGE", forge_version)
     saved = _host_modules()
     for k in saved:
         del sys.modules[k]
@@ -75,20 +86,24 @@ def _cross_attention_ref(attn, x, context, heads, mask=None):
 
 
 # -- install / uninstall ------------------------------------------------------------------------------------
+@BOTH
 def test_install_rebinds_every_copy_and_uninstall_restores(host):
     host(STANDINS)
     import backend.attention as A
     import backend.nn.flux as FL
+    import backend.nn.llm.llama as LLM
     import backend.nn.t5 as T5
     import backend.nn.unet as U
     original = A.attention_function
     assert U.attention_function is original and FL.attention_function is original
+    assert LLM.attention_function is original  # attention_pytorch, which is also the host's choice here
 
     sites = forge.install()
     w = A.attention_function
     assert isinstance(w, forge.ForgeAttention) and w.original is original
     assert U.attention_function is w and FL.attention_function is w
-    assert T5.attention_function is A.attention_pytorch  # the text encoder keeps its own SDPA on purpose
+    assert T5.attention_function is A.attention_pytorch  # the text encoders keep their own SDPA on purpose
+    assert LLM.attention_function is A.attention_pytorch
     assert {"backend.attention.attention_function", "backend.nn.unet.attention_function",
             "backend.nn.flux.attention_function"} <= set(sites)
     assert forge.layouts() == ["forge"]
@@ -102,6 +117,7 @@ def test_install_rebinds_every_copy_and_uninstall_restores(host):
     assert len(restored) == 3 and not forge.installed()
 
 
+@BOTH
 def test_modules_imported_after_install_get_the_wrapper_and_are_restored(host):
     host(STANDINS)
     import backend.attention as A
@@ -150,6 +166,7 @@ def test_memory_estimate_factor_is_unchanged(host, monkeypatch, impl, factor):
 
 
 # -- calls --------------------------------------------------------------------------------------------------
+@BOTH
 def test_cross_attention_routes_through_arcattn(host, rng):
     host(STANDINS)
     import backend.nn.unet as U
@@ -177,6 +194,7 @@ def test_cross_attention_routes_through_arcattn(host, rng):
     assert counter.label() == max(served, key=served.get) and counter.label() in NAMES
 
 
+@BOTH
 def test_disabled_hands_calls_to_the_host_untouched(host, rng):
     host(STANDINS)
     import backend.attention as A
@@ -197,7 +215,8 @@ def test_disabled_hands_calls_to_the_host_untouched(host, rng):
     assert _served() != before
 
 
-def test_preferred_backend_and_unknown_name(host, rng, caplog):
+@BOTH
+def test_preferred_backend_and_unknown_name(host, rng, caplog, forge_version):
     host(STANDINS)
     import backend.nn.unet as U
     forge.install()
@@ -208,7 +227,7 @@ def test_preferred_backend_and_unknown_name(host, rng, caplog):
     U.attention_function(q, k, v, 2)
     assert _served()["sdpa"] == before["sdpa"] + 1
     with caplog.at_level(logging.WARNING, logger="arcattn"):
-        forge.set_generation(True, "no-such-backend")
+        forge.set_generation(True, f"no-such-backend-{forge_version}")  # each unknown name is logged once
     assert forge.generation_settings() == (True, None)
     assert "unknown backend" in caplog.text
 
@@ -238,6 +257,7 @@ def test_generation_backend_and_counter_follow_each_generation(host, rng):
     assert generation(["sdpa", "sdpa", "auto"]) == ({"sdpa": 2, "triton": 1}, "sdpa")
 
 
+@BOTH
 def test_flux_skip_reshape_layout(host, rng):
     host(STANDINS)
     import backend.nn.flux as FL
@@ -252,6 +272,7 @@ def test_flux_skip_reshape_layout(host, rng):
     assert rel_error(out, ref4.transpose(1, 2).reshape(B, N, H * D)) < 1e-5
 
 
+@BOTH
 def test_arcattn_failure_falls_back_to_the_host(host, rng, monkeypatch):
     host(STANDINS)
     import backend.attention as A
@@ -295,6 +316,46 @@ def test_3d_mask_follows_forge_sdpa_broadcast(host, rng):
         assert rel_error(out, host_fn(q, k, v, H, mask=mask)) < 1e-5
     with pytest.raises(RuntimeError):
         BA.attention_function(q[:, :, :16], k[:, :, :16], v[:, :, :16], 1, mask=torch.randn(B, Sq, Sk))
+
+
+@pytest.mark.parametrize("forge_version", ["neo"])
+@pytest.mark.parametrize("impl", ["pytorch", "basic"])
+def test_3d_mask_follows_forge_neo_batch_first(host, monkeypatch, rng, impl):
+    """Forge Neo's functions (ComfyUI v0.7's) read a 3-D mask as (B, Sq, Sk), its attention_pytorch included, where
+    Forge's hands it to SDPA over heads. With B == H both readings are valid shapes with different answers: arcattn
+    must give Neo's, and serve it."""
+    monkeypatch.setenv("ARCATTN_STANDIN_FORGE_ATTENTION", impl)
+    host(STANDINS)
+    import backend.attention as BA
+    host_fn = BA.attention_function
+    forge.install()
+    assert BA.attention_function.mask3d == "batch"
+    B, H, Sq, Sk, D = 3, 3, 11, 9, 16
+    q4, k4, v4 = (torch.randn(B, H, S, D, generator=rng) for S in (Sq, Sk, Sk))
+    q, k, v = (t.transpose(1, 2).flatten(2) for t in (q4, k4, v4))
+    mask = torch.randn(B, Sq, Sk, generator=rng)
+    before = sum(_served().values())
+    out = BA.attention_function(q, k, v, H, mask=mask)
+    assert sum(_served().values()) == before + 1
+    ref4, _ = attention_reference(q4.double(), k4.double(), v4.double(), mask=mask[:, None].double())
+    assert rel_error(out, ref4.transpose(1, 2).flatten(2)) < 1e-5
+    assert rel_error(out, host_fn(q, k, v, H, mask=mask)) < 1e-5
+
+
+@pytest.mark.parametrize("forge_version", ["neo"])
+def test_forge_neo_output_layout_follows_skip_output_reshape(host, rng):
+    """Neo's functions take skip_output_reshape (Forge's do not): (B, H, N, D) out where it is set."""
+    host(STANDINS)
+    import backend.attention as BA
+    host_fn = BA.attention_function
+    forge.install()
+    q, k, v = (torch.randn(2, 3, n, 16, generator=rng) for n in (13, 7, 7))
+    for out_heads_first in (True, False):
+        before = sum(_served().values())
+        out = BA.attention_function(q, k, v, 3, skip_reshape=True, skip_output_reshape=out_heads_first)
+        want = host_fn(q, k, v, 3, skip_reshape=True, skip_output_reshape=out_heads_first)
+        assert out.shape == want.shape == ((2, 3, 13, 16) if out_heads_first else (2, 13, 48))
+        assert rel_error(out, want) < 1e-5 and sum(_served().values()) == before + 1
 
 
 @pytest.mark.parametrize("impl", ["sub_quad", "basic"])

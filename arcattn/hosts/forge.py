@@ -2,11 +2,11 @@
 
 Two layouts are handled, whichever the running host has:
 
-* Forge (2024+ `backend/`): `backend.attention.attention_function` is chosen once at import, and
-  `backend.nn.unet` / `backend.nn.flux` / `backend.nn.chroma` took their own copy of it with
+* Forge (2024+ `backend/`), and Forge Neo (the same layout): `backend.attention.attention_function` is chosen
+  once at import, and `backend.nn.unet` / `backend.nn.flux` / `backend.nn.chroma` took their own copy of it with
   `from backend.attention import attention_function`. Every module attribute named `attention_function`
-  that *is* the host's function gets rebound, except in the text encoders (`backend.nn.t5` binds
-  `attention_pytorch` under that name on purpose, whatever the user's choice).
+  that *is* the host's function gets rebound, except in the text encoders (`backend.nn.t5`, and Neo's
+  `backend.nn.llm.*`, bind `attention_pytorch` under that name on purpose, whatever the user's choice).
 * reForge / Forge classic (`ldm_patched/`): `ldm_patched.ldm.modules.attention.optimized_attention` and
   `optimized_attention_masked`, and every module that copied them with `from ... import optimized_attention`.
 
@@ -43,8 +43,9 @@ AUTO = "auto"
 BACKEND_CHOICES = (AUTO,) + tuple(NAMES)
 HOST = "host"  # infotext label for calls that the host's own function served after a fallback
 
-# (layout, module that owns the function, attribute names to rebind everywhere, modules never to touch)
-_FORGE = ("forge", "backend.attention", ("attention_function",), ("backend.nn.t5",))
+# (layout, module that owns the function, attribute names to rebind everywhere, modules (and their submodules)
+# never to touch)
+_FORGE = ("forge", "backend.attention", ("attention_function",), ("backend.nn.t5", "backend.nn.llm"))
 _LDM = ("ldm_patched", "ldm_patched.ldm.modules.attention", ("optimized_attention", "optimized_attention_masked"), ())
 LAYOUTS = (_FORGE, _LDM)
 
@@ -53,18 +54,20 @@ LAYOUTS = (_FORGE, _LDM)
 # (attention_sub_quad, the CPU default, attention_split, attention_basic) read it as (B, Sq, Sk), as ComfyUI does.
 # In ldm_patched, reForge's functions (ComfyUI's newer ones, with skip_reshape) read it as (B, Sq, Sk); Forge
 # classic's older ones differ among themselves (over heads in attention_pytorch, over B * H in the sliced ones),
-# so the host serves such masks there.
+# so the host serves such masks there. Forge Neo's functions (ComfyUI v0.7's, with skip_output_reshape) all read
+# it as (B, Sq, Sk), its attention_pytorch included.
 _FORGE_MASK3D = {"attention_pytorch": "heads", "attention_xformers": "heads", "attention_sub_quad": "batch",
                  "attention_split": "batch", "attention_basic": "batch"}
 
 
 def _mask3d(layout: str, fn) -> Optional[str]:
-    if layout == "forge":
-        return _FORGE_MASK3D.get(getattr(fn, "__name__", ""))
     try:
-        return "batch" if "skip_reshape" in inspect.signature(fn).parameters else None
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return None
+        params = {}
+    if layout == "forge" and "skip_output_reshape" not in params:
+        return _FORGE_MASK3D.get(getattr(fn, "__name__", ""))
+    return "batch" if "skip_reshape" in params else None
 
 
 class ForgeAttention(HostAttention):
@@ -154,10 +157,10 @@ def install(*, enabled: Optional[bool] = None, backend: Optional[str] = None) ->
 
 def _rebind(names: Iterable[str], skip: Iterable[str]) -> list:
     by_original = {id(w.original): w for w in _state.wrappers.values()}
-    skip = set(skip)
+    skip = tuple(skip)
     changed = []
     for mname, _, d in loaded_module_dicts():
-        if mname in skip:
+        if any(mname == s or mname.startswith(s + ".") for s in skip):
             continue
         for attr in names:
             fn = d.get(attr)

@@ -1,7 +1,12 @@
 """Stand-in for Forge's backend/attention.py: the attention implementations with Forge's signature
 f(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False), chosen once at import into
 `attention_function`. Output is always (B, Nq, heads*dim_head), also with skip_reshape (Forge has no
-skip_output_reshape). ARCATTN_STANDIN_FORGE_ATTENTION=basic or sub_quad selects a non-SDPA implementation."""
+skip_output_reshape). ARCATTN_STANDIN_FORGE_ATTENTION=basic or sub_quad selects a non-SDPA implementation.
+
+ARCATTN_STANDIN_FORGE=neo gives Forge Neo's version instead (the "neo" branch of Haoming02/sd-webui-forge-classic,
+read from its stored source: functions taken from ComfyUI v0.7): f(q, k, v, heads, mask=None, attn_precision=None,
+skip_reshape=False, skip_output_reshape=False, **kwargs), a 3-D mask read as (B, Sq, Sk) by every function, and no
+attention_sub_quad."""
 import os
 
 import torch
@@ -56,7 +61,35 @@ def attention_xformers(q, k, v, heads, mask=None, attn_precision=None, skip_resh
     raise RuntimeError("xformers is not part of the stand-in")
 
 
-if os.environ.get("ARCATTN_STANDIN_FORGE_ATTENTION") == "basic":
+if os.environ.get("ARCATTN_STANDIN_FORGE") == "neo":
+    def _out(o, skip_output_reshape):
+        return o if skip_output_reshape else _merge(o)
+
+    def attention_basic(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,  # noqa: F811
+                        skip_output_reshape=False, **kwargs):
+        qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
+        s = torch.matmul(qh, kh.transpose(-1, -2)) * qh.shape[-1] ** -0.5
+        if mask is not None:
+            s = s + _batch_first(mask, qh.shape[0], heads)
+        return _out(torch.matmul(s.softmax(-1), vh), skip_output_reshape)
+
+    def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,  # noqa: F811
+                          skip_output_reshape=False, **kwargs):
+        qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
+        if mask is not None and mask.dim() == 2:
+            mask = mask[None]
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]  # (B, Sq, Sk) -> (B, 1, Sq, Sk): the first dim runs over the batch
+        return _out(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask), skip_output_reshape)
+
+    def attention_xformers(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,  # noqa: F811
+                           skip_output_reshape=False, **kwargs):
+        raise RuntimeError("xformers is not part of the stand-in")
+
+    del attention_sub_quad
+    attention_function = attention_basic if os.environ.get("ARCATTN_STANDIN_FORGE_ATTENTION") == "basic" \
+        else attention_pytorch
+elif os.environ.get("ARCATTN_STANDIN_FORGE_ATTENTION") == "basic":
     attention_function = attention_basic
 elif os.environ.get("ARCATTN_STANDIN_FORGE_ATTENTION") == "sub_quad":
     attention_function = attention_sub_quad
