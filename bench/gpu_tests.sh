@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU visit: the whole test suite on the device machine's torch and Triton, with the real ComfyUI and Forge
-# checkouts where carried (`.hosts/ComfyUI`, `.hosts/forge`, never committed) and the Python 3.12 wheels their
+# checkouts where carried (`.hosts/ComfyUI`, `.hosts/forge`, and Forge Neo's backend/attention.py in
+# `.hosts/forge-neo`; never committed) and the Python 3.12 wheels their
 # imports need (WHEELS: folders of wheels, default `.whl .whl_diffusers`; a huggingface_hub among them must suit the
 # image's own transformers, or carry transformers too). TESTS picks test files (default: all). Everything lands in $OUT.
 set -uo pipefail
@@ -13,6 +14,7 @@ export PYTHONPATH="$PWD:/tmp/site"
 export ARCATTN_CACHE_DIR=/tmp/arcattn-cache
 [ -d .hosts/ComfyUI ] && export ARCATTN_COMFYUI_ROOT="$PWD/.hosts/ComfyUI"
 [ -d .hosts/forge ] && export ARCATTN_FORGE_ROOT="$PWD/.hosts/forge"
+[ -d .hosts/forge-neo ] && export ARCATTN_FORGE_NEO_ROOT="$PWD/.hosts/forge-neo"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -m arcattn doctor 2>&1 | tee "$OUT/doctor.txt"
 python3 extension/build.py --cpu-reference --quiet 2>&1 | tail -3 | tee "$OUT/build.txt"
