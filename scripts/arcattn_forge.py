@@ -1,4 +1,4 @@
-"""Forge extension entry (Forge, reForge, Forge classic): the "Arc Attention" accordion and settings.
+"""Forge extension entry (Forge, reForge, Forge classic, Forge Neo): the "Arc Attention" accordion and settings.
 
 Forge loads every .py in an extension's scripts/ folder. This one installs arcattn's attention wrapper once
 (arcattn/hosts/forge.py), shows an always-visible accordion (enable toggle + backend choice) in txt2img and
@@ -30,12 +30,26 @@ class _UnlessHostLogs(logging.Filter):
         return not logging.root.handlers
 
 
+def _user_chose_log_level() -> bool:
+    """SD_WEBUI_LOG_LEVEL or --loglevel (Forge's launcher adds COMMANDLINE_ARGS to sys.argv)."""
+    return bool(os.environ.get("SD_WEBUI_LOG_LEVEL")) or any(
+        a == "--loglevel" or a.startswith("--loglevel=") for a in sys.argv)
+
+
 def _console_logging() -> None:
     """Forge adds no logging handler unless SD_WEBUI_LOG_LEVEL (or --loglevel) is set, and arcattn's library
     logger ends in a NullHandler (which also silences Python's last-resort output): without a handler of its own
     here, no arcattn line, warnings included, would ever reach a Forge console. Where Forge (or anyone) configured
-    logging, the lines go there instead."""
-    if logging.root.handlers or any(not isinstance(h, logging.NullHandler) for h in log.handlers):
+    logging, the lines go there instead.
+
+    Forge Neo always configures it, at ERROR unless the user picked a level, and shows its own messages and the
+    extensions' print() through loggers of their own at INFO: arcattn's logger is set to INFO there too, so its
+    lines (warnings included) reach that console unless the user asked for a level."""
+    if logging.root.handlers:
+        if log.level == logging.NOTSET and log.getEffectiveLevel() > logging.INFO and not _user_chose_log_level():
+            log.setLevel(logging.INFO)
+        return
+    if any(not isinstance(h, logging.NullHandler) for h in log.handlers):
         return
     fmt = logging.Formatter("[arcattn] %(levelname)s %(message)s")
     handler = logging.StreamHandler()

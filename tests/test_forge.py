@@ -604,6 +604,7 @@ def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(h
     monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
     mod._console_logging()
     assert all(isinstance(h, logging.NullHandler) for h in lg.handlers)  # configured: nothing added
+    lg.setLevel(logging.NOTSET)
     monkeypatch.setattr(logging.root, "handlers", [])
     mod._console_logging()
     mod._console_logging()
@@ -618,3 +619,30 @@ def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(h
     monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
     lg.warning("another fact")
     assert ours.getvalue() == "[arcattn] WARNING one fact\n" and root_out.getvalue() == "another fact\n"
+
+
+@pytest.mark.parametrize("chosen", [None, "env", "argv"])
+def test_script_logs_at_info_where_forge_neo_configured_logging_at_error(host, monkeypatch, chosen):
+    """Forge Neo configures the root logger at every start, at ERROR unless SD_WEBUI_LOG_LEVEL or --loglevel says
+    otherwise (its own messages and extensions' print() go through loggers of their own at INFO). arcattn's lines
+    then reach Neo's console at INFO through that handler, with no handler of arcattn's; a level the user picked
+    is left as it is."""
+    import io
+    import logging
+    mod = _load_script()
+    lg = logging.getLogger("arcattn")
+    monkeypatch.setattr(lg, "handlers", [h for h in lg.handlers if isinstance(h, logging.NullHandler)])
+    monkeypatch.setattr(lg, "level", logging.NOTSET)
+    monkeypatch.delenv("SD_WEBUI_LOG_LEVEL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["launch.py", "--always-cpu"])
+    if chosen == "env":
+        monkeypatch.setenv("SD_WEBUI_LOG_LEVEL", "ERROR")
+    elif chosen == "argv":
+        monkeypatch.setattr(sys, "argv", ["launch.py", "--loglevel", "ERROR"])
+    neo_out = io.StringIO()
+    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(neo_out)])
+    monkeypatch.setattr(logging.root, "level", logging.ERROR)
+    mod._console_logging()
+    assert all(isinstance(h, logging.NullHandler) for h in lg.handlers)
+    lg.info("arcattn: one fact")
+    assert neo_out.getvalue() == ("" if chosen else "arcattn: one fact\n")
