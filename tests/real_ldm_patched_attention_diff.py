@@ -24,18 +24,13 @@ import torch  # noqa: E402
 import ldm_patched.ldm.modules.attention as attention  # noqa: E402
 
 from arcattn.hosts import forge  # noqa: E402
-from arcattn.reference import rel_error  # noqa: E402
+from attention_diff import compare, draw, new_record, tiled  # noqa: E402
 from served_calls import served_total  # noqa: E402
 
 
 FUNCTIONS = [n for n in ("attention_basic", "attention_sub_quad", "attention_split", "attention_pytorch")
              if hasattr(attention, n)]
 g = torch.Generator().manual_seed(20261207)
-
-
-def draw(lo, hi):
-    return int(torch.randint(lo, hi, (1,), generator=g))
-
 
 # the fork's own nodes that copy optimized_attention at import (reForge's SAG, as its built-in extension loads it,
 # before any user extension), where the fork has them
@@ -56,52 +51,19 @@ with torch.no_grad():
         fn = getattr(attention, name)
         wrapper = wrappers[name] = forge.ForgeAttention(fn, "forge", mask3d=forge._mask3d("ldm_patched", fn))
         result["mask3d"][name] = wrapper.mask3d
-        r = result["functions"][name] = {"cases": 0, "both_answered": 0, "worst": 0.0, "host_only_raised": 0,
-                                         "arcattn_only_raised": [], "mismatches": []}
+        r = result["functions"][name] = new_record()
         for i in range(n_cases):
-            B, H, D, Sq, Sk = draw(1, 4), draw(1, 6), 8 * draw(1, 10), draw(1, 80), draw(1, 80)
+            B, H, D, Sq, Sk = draw(g, 1, 4), draw(g, 1, 6), 8 * draw(g, 1, 10), draw(g, 1, 80), draw(g, 1, 80)
             q, k, v = (torch.randn(B, S, H * D, generator=g) for S in (Sq, Sk, Sk))
             shapes = (None, (Sq, Sk), (1, Sq, Sk), (B, Sq, Sk), (H, Sq, Sk), (B * H, Sq, Sk), (B, H, Sq, Sk),
                       (B, 1, 1, Sk))
             shape = shapes[i % len(shapes)]
             mask = None if shape is None else -4 * torch.rand(shape, generator=g)
-            outs = []
-            for f in (fn, wrapper):
-                try:
-                    outs.append(f(q, k, v, H, mask))
-                except Exception as e:  # noqa: BLE001
-                    outs.append(e)
-            host, ours = outs
-            r["cases"] += 1
-            if isinstance(host, Exception):
-                r["host_only_raised"] += not isinstance(ours, Exception)
-                continue
-            if isinstance(ours, Exception):
-                r["arcattn_only_raised"].append([list(shape or ()), repr(ours)[:200]])
-                continue
-            r["both_answered"] += 1
-            err = rel_error(ours, host.double())
-            r["worst"] = max(r["worst"], err)
-            if err >= 1e-5:
-                r["mismatches"].append([list(shape or ()), B, H, err])
+            compare(r, fn, wrapper, (q, k, v, H, mask), {}, [list(shape or ()), B, H])
 result["served"] = served_total() - served_before
 result["contrib_copies_ours"] = {n: isinstance(m.optimized_attention, forge.ForgeAttention) for n, m in contrib.items()}
 
-# q in tiles beside whole k and v, as reForge's HyperTile passes them: each function reads k and v by q's batch
-tiled = result["tiled"] = {"cases": 0, "worst": 0.0, "mismatches": []}
-served_before = served_total()
-with torch.no_grad():
-    for name in FUNCTIONS:
-        fn, wrapper = getattr(attention, name), wrappers[name]
-        for i in range(6):
-            B, T, H, D, St = draw(1, 3), (2, 4, 16)[i % 3], draw(1, 6), 8 * draw(1, 6), draw(1, 17)
-            q = torch.randn(B * T, St, H * D, generator=g)
-            k, v = (torch.randn(B, St * T, H * D, generator=g) for _ in range(2))
-            err = rel_error(wrapper(q, k, v, H), fn(q, k, v, H).double())
-            tiled["cases"] += 1
-            tiled["worst"] = max(tiled["worst"], err)
-            if err >= 1e-5:
-                tiled["mismatches"].append([name, B, T, H, D, St, err])
-tiled["served"] = served_total() - served_before
+# q in tiles beside whole k and v, as reForge's HyperTile passes them
+result["tiled"] = tiled({name: (getattr(attention, name), wrappers[name]) for name in FUNCTIONS}, g)
 forge.uninstall()
 print(json.dumps(result))

@@ -319,30 +319,6 @@ def test_3d_mask_follows_forge_sdpa_broadcast(host, rng):
 
 
 @pytest.mark.parametrize("forge_version", ["neo"])
-@pytest.mark.parametrize("impl", ["pytorch", "basic"])
-def test_3d_mask_follows_forge_neo_batch_first(host, monkeypatch, rng, impl):
-    """Forge Neo's functions (ComfyUI v0.7's) read a 3-D mask as (B, Sq, Sk), its attention_pytorch included, where
-    Forge's hands it to SDPA over heads. With B == H both readings are valid shapes with different answers: arcattn
-    must give Neo's, and serve it."""
-    monkeypatch.setenv("ARCATTN_STANDIN_FORGE_ATTENTION", impl)
-    host(STANDINS)
-    import backend.attention as BA
-    host_fn = BA.attention_function
-    forge.install()
-    assert BA.attention_function.mask3d == "batch"
-    B, H, Sq, Sk, D = 3, 3, 11, 9, 16
-    q4, k4, v4 = (torch.randn(B, H, S, D, generator=rng) for S in (Sq, Sk, Sk))
-    q, k, v = (t.transpose(1, 2).flatten(2) for t in (q4, k4, v4))
-    mask = torch.randn(B, Sq, Sk, generator=rng)
-    before = sum(_served().values())
-    out = BA.attention_function(q, k, v, H, mask=mask)
-    assert sum(_served().values()) == before + 1
-    ref4, _ = attention_reference(q4.double(), k4.double(), v4.double(), mask=mask[:, None].double())
-    assert rel_error(out, ref4.transpose(1, 2).flatten(2)) < 1e-5
-    assert rel_error(out, host_fn(q, k, v, H, mask=mask)) < 1e-5
-
-
-@pytest.mark.parametrize("forge_version", ["neo"])
 def test_forge_neo_output_layout_follows_skip_output_reshape(host, rng):
     """Neo's functions take skip_output_reshape (Forge's do not): (B, H, N, D) out where it is set."""
     host(STANDINS)
@@ -358,17 +334,20 @@ def test_forge_neo_output_layout_follows_skip_output_reshape(host, rng):
         assert rel_error(out, want) < 1e-5 and sum(_served().values()) == before + 1
 
 
-@pytest.mark.parametrize("impl", ["sub_quad", "basic"])
+@pytest.mark.parametrize("forge_version,impl", [("forge", "sub_quad"), ("forge", "basic"), ("neo", "pytorch"),
+                                                ("neo", "basic")])
 def test_3d_mask_follows_forge_sliced_functions_batch_first(host, monkeypatch, rng, impl):
     """Forge's sliced functions (attention_sub_quad, its CPU default, and split and basic) read a 3-D mask as
-    (B, Sq, Sk), unlike its attention_pytorch: arcattn must follow the function it wraps. B == H makes both
-    readings valid shapes with different answers; a head-first mask is then an error, as in the host."""
+    (B, Sq, Sk), unlike its attention_pytorch, and so do all of Forge Neo's (ComfyUI's), its attention_pytorch
+    included: arcattn must follow the function it wraps. B == H makes both readings valid shapes with different
+    answers; a head-first mask is then an error, as in the host."""
     monkeypatch.setenv("ARCATTN_STANDIN_FORGE_ATTENTION", impl)
     host(STANDINS)
     import backend.attention as BA
     host_fn = BA.attention_function
     assert host_fn.__name__ == f"attention_{impl}"
     forge.install()
+    assert BA.attention_function.mask3d == "batch"
     B = H = 2
     Sq, Sk, D = 11, 9, 16
     q4, k4, v4 = (torch.randn(B, H, S, D, generator=rng) for S in (Sq, Sk, Sk))
