@@ -42,9 +42,10 @@ def _console_logging() -> None:
     here, no arcattn line, warnings included, would ever reach a Forge console. Where Forge (or anyone) configured
     logging, the lines go there instead.
 
-    Forge Neo always configures it, at ERROR unless the user picked a level, and shows its own messages and the
-    extensions' print() through loggers of their own at INFO: arcattn's logger is set to INFO there too, so its
-    lines (warnings included) reach that console unless the user asked for a level."""
+    Where it is configured but the user picked no level (another extension's basicConfig; Forge Neo, which
+    configures it at every start, at ERROR unless a level is given, and shows its own messages and the extensions'
+    print() through loggers of their own at INFO), arcattn's logger is set to INFO, so its lines, warnings
+    included, reach that console."""
     if logging.root.handlers:
         if log.level == logging.NOTSET and log.getEffectiveLevel() > logging.INFO and not _user_chose_log_level():
             log.setLevel(logging.INFO)

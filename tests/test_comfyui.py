@@ -559,9 +559,10 @@ def test_node_replacing_another_nodes_override_says_so(comfy, caplog):
 
 
 def test_node_setting_holds_on_multigpu_worker_threads(comfy, rec, rng):
-    """Later ComfyUI's multi-GPU sampling runs part of a step on persistent worker threads (started before the step,
-    so they never saw its ContextVar). A call there without transformer_options follows the node of the step
-    running now; once no step runs, the global patch's choice again."""
+    """Later ComfyUI's multi-GPU sampling runs a step's work on the persistent worker threads of
+    model_options["multigpu_thread_pool"] (started before the step, so they never saw its ContextVar). A call there
+    without transformer_options follows the node of the step running now; a thread that is not one of the step's
+    workers keeps the global patch's choice, and so do the workers once the step is over."""
     attention, patcher = comfy
     from arcattn.hosts import comfyui
     import comfy.patcher_extension as ext
@@ -570,35 +571,50 @@ def test_node_setting_holds_on_multigpu_worker_threads(comfy, rec, rng):
     copy = attention.optimized_attention
     q, k, v = inputs(rng)
     host = attention.attention_pytorch(q, k, v, 4)
-    work, results = queue.Queue(), queue.Queue()
 
-    def worker_loop():  # as comfy.multigpu.MultiGPUThreadPool._worker_loop: one thread for the whole run
+    def worker_loop(work, results):  # as comfy.multigpu.MultiGPUThreadPool._worker_loop: one thread for the run
         with torch.inference_mode():
             for fn in iter(work.get, None):
                 results.put(fn())
 
-    def on_worker():
-        work.put(lambda: copy(q, k, v, 4))
-        return results.get(timeout=60)
+    def start_worker():
+        work, results = queue.Queue(), queue.Queue()
+        t = threading.Thread(target=worker_loop, args=(work, results), daemon=True)
+        t.start()
+        return t, work, results
 
-    worker = threading.Thread(target=worker_loop, daemon=True)
-    worker.start()
+    worker, work, results = start_worker()
+    other, other_work, other_results = start_worker()  # a thread of something else running meanwhile
+
+    def on(queues):
+        queues[0].put(lambda: (copy(q, k, v, 4), len(rec.seen), list(attention.CALLS)))
+        return queues[1].get(timeout=60)
+
+    pool = types.SimpleNamespace(_workers=[worker])  # the part of MultiGPUThreadPool that arcattn reads
     try:
         model = patcher.ModelPatcher(torch.nn.Identity())
         (off,) = arc_nodes.ArcAttention().apply(model, enabled=False, backend="auto")
-        rec.seen.clear()
-        attention.CALLS.clear()
+
+        def step(model, conds, x_in, timestep, model_options):  # _calc_cond_batch_outer's arguments
+            rec.seen.clear()
+            attention.CALLS.clear()
+            return on((work, results)), on((other_work, other_results))
+
         with torch.inference_mode():
-            out = ext.run_with_wrappers(off.get_all_wrappers(ext.WrappersMP.CALC_COND_BATCH), on_worker)
-        assert rec.seen == [] and attention.CALLS == ["attention_pytorch"] and rel_error(out, host) < 1e-6
+            (out, seen, calls), (_, other_seen, other_calls) = ext.run_with_wrappers(
+                off.get_all_wrappers(ext.WrappersMP.CALC_COND_BATCH), step, off, [], q, 1.0,
+                {"multigpu_thread_pool": pool})
+        assert seen == 0 and calls == ["attention_pytorch"] and rel_error(out, host) < 1e-6  # the node: off
+        assert other_seen == 1 and other_calls == calls  # the global patch: arcattn served it, not the host
 
         attention.CALLS.clear()
-        on_worker()  # between steps: the global patch serves it
-        assert len(rec.seen) == 1 and attention.CALLS == []
-        assert comfyui._step_settings == []
+        _, seen, calls = on((work, results))  # between steps: the global patch serves it
+        assert seen == 2 and calls == []
+        assert comfyui._worker_settings == {}
     finally:
-        work.put(None)
-        worker.join(timeout=10)
+        for t, w in ((worker, work), (other, other_work)):
+            w.put(None)
+            t.join(timeout=10)
 
 
 def test_node_package_import_patches_and_registers(comfy, rng):

@@ -451,6 +451,20 @@ def _arcattn_logger_restored():
     lg.setLevel(saved[1])
 
 
+@pytest.fixture
+def arcattn_logger(monkeypatch):
+    """arcattn's logger with only its NullHandler, and both its level and the root logger's put back afterwards
+    through setLevel (which also clears the loggers' cached isEnabledFor answers)."""
+    lg = logging.getLogger("arcattn")
+    levels = lg.level, logging.root.level
+    monkeypatch.setattr(lg, "handlers", [h for h in lg.handlers if isinstance(h, logging.NullHandler)])
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    lg.setLevel(logging.NOTSET)
+    yield lg
+    lg.setLevel(levels[0])
+    logging.root.setLevel(levels[1])
+
+
 def _load_script():
     """As Forge's script_loading.load_module does: by path, module named after the file, not in sys.modules."""
     spec = importlib.util.spec_from_file_location(os.path.basename(SCRIPT), SCRIPT)
@@ -569,22 +583,21 @@ def test_script_switched_off_by_environment(host, monkeypatch):
     assert not mod._loaded and not _script_classes(mod) and A.attention_function is original
 
 
-def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(host, monkeypatch):
+def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(host, monkeypatch, arcattn_logger):
     """Forge sets up no logging handler by default and arcattn's logger ends in a NullHandler: the script adds one
     console handler then (once), none where logging is configured, and its handler steps aside once the root logger
     gets a handler later (no line printed twice)."""
     import io
-    import logging
     mod = _load_script()
-    lg = logging.getLogger("arcattn")
-    monkeypatch.setattr(lg, "handlers", [h for h in lg.handlers if isinstance(h, logging.NullHandler)])
-    monkeypatch.setattr(lg, "level", lg.level)
+    lg = arcattn_logger
+    lg.handlers[:] = [h for h in lg.handlers if isinstance(h, logging.NullHandler)]  # none the import added
+    lg.setLevel(logging.NOTSET)
     root_out = io.StringIO()
-    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
+    logging.root.handlers[:] = [logging.StreamHandler(root_out)]
     mod._console_logging()
     assert all(isinstance(h, logging.NullHandler) for h in lg.handlers)  # configured: nothing added
     lg.setLevel(logging.NOTSET)
-    monkeypatch.setattr(logging.root, "handlers", [])
+    logging.root.handlers[:] = []
     mod._console_logging()
     mod._console_logging()
     added = [h for h in lg.handlers if not isinstance(h, logging.NullHandler)]
@@ -595,23 +608,22 @@ def test_script_gives_arcattn_a_console_only_where_forge_configured_no_logging(h
     assert ours.getvalue() == "[arcattn] WARNING one fact\n"
     assert lg.getEffectiveLevel() <= logging.INFO
     # another extension configures logging after the script loaded: the line goes through the root only
-    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(root_out)])
+    logging.root.handlers[:] = [logging.StreamHandler(root_out)]
     lg.warning("another fact")
     assert ours.getvalue() == "[arcattn] WARNING one fact\n" and root_out.getvalue() == "another fact\n"
 
 
 @pytest.mark.parametrize("chosen", [None, "env", "argv"])
-def test_script_logs_at_info_where_forge_neo_configured_logging_at_error(host, monkeypatch, chosen):
+def test_script_logs_at_info_where_forge_neo_configured_logging_at_error(host, monkeypatch, arcattn_logger, chosen):
     """Forge Neo configures the root logger at every start, at ERROR unless SD_WEBUI_LOG_LEVEL or --loglevel says
     otherwise (its own messages and extensions' print() go through loggers of their own at INFO). arcattn's lines
     then reach Neo's console at INFO through that handler, with no handler of arcattn's; a level the user picked
     is left as it is."""
     import io
-    import logging
     mod = _load_script()
-    lg = logging.getLogger("arcattn")
-    monkeypatch.setattr(lg, "handlers", [h for h in lg.handlers if isinstance(h, logging.NullHandler)])
-    monkeypatch.setattr(lg, "level", logging.NOTSET)
+    lg = arcattn_logger
+    lg.handlers[:] = [h for h in lg.handlers if isinstance(h, logging.NullHandler)]
+    lg.setLevel(logging.NOTSET)
     monkeypatch.delenv("SD_WEBUI_LOG_LEVEL", raising=False)
     monkeypatch.setattr(sys, "argv", ["launch.py", "--always-cpu"])
     if chosen == "env":
@@ -619,8 +631,8 @@ def test_script_logs_at_info_where_forge_neo_configured_logging_at_error(host, m
     elif chosen == "argv":
         monkeypatch.setattr(sys, "argv", ["launch.py", "--loglevel", "ERROR"])
     neo_out = io.StringIO()
-    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(neo_out)])
-    monkeypatch.setattr(logging.root, "level", logging.ERROR)
+    logging.root.handlers[:] = [logging.StreamHandler(neo_out)]
+    logging.root.setLevel(logging.ERROR)
     mod._console_logging()
     assert all(isinstance(h, logging.NullHandler) for h in lg.handlers)
     lg.info("arcattn: one fact")

@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -37,9 +38,9 @@ REGISTRY_NAME = "arcattn"
 _state: dict = {}  # "module", "originals": {(module, attr): original}, "registered": bool
 # (enabled, preferred backend) of the Arc Attention node of the model running now, set by its model wrapper
 _model_setting: contextvars.ContextVar = contextvars.ContextVar("arcattn_comfyui_model_setting", default=None)
-# The same settings for threads that never saw that ContextVar: later ComfyUI runs a step's work for its other GPUs
-# on persistent worker threads (comfy.multigpu.MultiGPUThreadPool) while the wrapper runs. (token, setting), newest last.
-_step_settings: list = []
+# The same for the threads that do a step's work without that ContextVar: later ComfyUI's multi-GPU sampling runs it
+# on the persistent worker threads of model_options["multigpu_thread_pool"]. Thread ident -> settings, newest last.
+_worker_settings: dict = {}
 MODEL_WRAPPER_KEY = "arcattn"
 
 
@@ -49,10 +50,10 @@ class ComfyAttention(HostAttention):
 
     def setting(self) -> tuple:
         s = _model_setting.get()
-        if s is None and _step_settings:
+        if s is None and _worker_settings:
             try:
-                s = _step_settings[-1][1]
-            except IndexError:  # the step ended on another thread just now
+                s = _worker_settings[threading.get_ident()][-1]
+            except (KeyError, IndexError):  # not a worker of a step running now (or its step just ended)
                 s = None
         return s if s is not None else (self.enabled, self.prefer)
 
@@ -256,24 +257,40 @@ def make_model_wrapper(enabled: bool = True, backend: Optional[str] = None) -> C
     Only where autograd is off, as in ComfyUI's sampling (inference mode): a backward pass runs after the wrapper
     has returned, and a checkpointed block recomputed then must take the same path as its forward did.
 
-    The setting also holds on threads that run while the step does and carry no setting of their own: later
-    ComfyUI's multi-GPU sampling runs the model's clones on other GPUs in persistent worker threads, which do not
-    inherit the sampling thread's ContextVar."""
+    The setting also holds on the step's multi-GPU worker threads (later ComfyUI runs the model's work there, in
+    persistent threads of `model_options["multigpu_thread_pool"]` that do not inherit the sampling thread's
+    ContextVar); other threads keep the global patch's setting."""
     setting = (enabled, preferred(backend))
 
     def arcattn_model_wrapper(executor, *args, **kwargs):
         if torch.is_grad_enabled():
             return executor(*args, **kwargs)
         token = _model_setting.set(setting)
-        entry = (object(), setting)
-        _step_settings.append(entry)
+        workers = _pool_threads(kwargs.get("model_options", args[4] if len(args) > 4 else None))
+        for ident in workers:
+            _worker_settings.setdefault(ident, []).append(setting)
         try:
             return executor(*args, **kwargs)
         finally:
+            for ident in workers:
+                stack = _worker_settings.get(ident)
+                if stack:
+                    stack.pop()
+                if not stack:
+                    _worker_settings.pop(ident, None)
             _model_setting.reset(token)
-            _step_settings.remove(entry)  # by identity of its token: equal settings are distinct entries
 
     return arcattn_model_wrapper
+
+
+def _pool_threads(model_options) -> list:
+    """Idents of the worker threads of a step's multi-GPU pool (CALC_COND_BATCH's arguments are model, conds, x_in,
+    timestep, model_options); none where there is no pool or it is not laid out as read from ComfyUI's source."""
+    pool = model_options.get("multigpu_thread_pool") if isinstance(model_options, dict) else None
+    threads = getattr(pool, "_workers", None)
+    if not isinstance(threads, (list, tuple)):
+        return []
+    return [t.ident for t in threads if isinstance(t, threading.Thread) and t.ident is not None]
 
 
 def set_model_setting(patcher, enabled: bool = True, backend: Optional[str] = None) -> None:
