@@ -617,6 +617,40 @@ def test_node_setting_holds_on_multigpu_worker_threads(comfy, rec, rng):
             t.join(timeout=10)
 
 
+def test_patched_attention_under_torch_compile(comfy, rng):
+    """ComfyUI's TorchCompileModel node compiles the diffusion model: dynamo then traces into arcattn's function.
+    A compiled layer gives the eager answer with arcattn serving its call, and the node's setting still holds per
+    call (off: the host's own function), not the one seen when it was compiled."""
+    attention, _ = comfy
+    from arcattn.hosts import comfyui
+    comfyui.patch(attention)
+    layer = attention.CrossAttention(64, heads=4, dim_head=16).requires_grad_(False)
+    x = torch.randn(2, 12, 64, generator=rng)
+    with torch.inference_mode():
+        eager = layer(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="eager")
+
+    def served():
+        return sum(v["served"] for v in arcattn.telemetry().values())
+
+    try:
+        for setting, serves in ((None, 1), ((False, None), 0), (None, 1)):
+            before = served()
+            token = comfyui._model_setting.set(setting)
+            try:
+                with torch.inference_mode():
+                    out = compiled(x)
+            finally:
+                comfyui._model_setting.reset(token)
+            assert rel_error(out, eager) < 1e-5
+            # not counted through the stand-in's CALLS: dynamo's replay of that list's appends does not reach a
+            # module re-imported for the next test
+            assert served() - before == serves
+    finally:
+        torch._dynamo.reset()
+
+
 def test_node_package_import_patches_and_registers(comfy, rng):
     attention, _ = comfy
     for name in ("nodes", "_loader"):

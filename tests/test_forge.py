@@ -293,6 +293,32 @@ def test_arcattn_failure_falls_back_to_the_host(host, rng, monkeypatch):
     assert counter.counts() == {forge.HOST: 1} and counter.label() == forge.HOST
 
 
+def test_wrapper_under_torch_compile(host, rng):
+    """Forge Neo's compile extension compiles the UNet: dynamo then traces into arcattn's wrapper. The compiled
+    layer gives the eager answer, and the accordion's toggle still holds per generation, not as it was when the
+    layer was compiled. (One stand-in version only: dynamo's guards name modules by their import name, and the
+    two versions are the same modules re-imported with other contents.)"""
+    host(STANDINS)
+    import backend.nn.unet as U
+    forge.install()
+    attn = _randomize(U.CrossAttention(query_dim=48, heads=3, dim_head=16), rng).eval()
+    x = torch.randn(2, 21, 48, generator=rng)
+    with torch.no_grad():
+        eager = attn(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(attn, backend="eager")
+    try:
+        for enabled in (True, False, True):
+            forge.set_generation(enabled)
+            before = sum(_served().values())
+            with torch.no_grad():
+                out = compiled(x)
+            assert rel_error(out, eager) < 1e-5
+            assert sum(_served().values()) - before == int(enabled)
+    finally:
+        torch._dynamo.reset()
+
+
 # -- the older ldm_patched layout (reForge, Forge classic) --------------------------------------------------
 def test_3d_mask_follows_forge_sdpa_broadcast(host, rng):
     """Forge's attention_pytorch hands a 3-D mask to SDPA as it is, so its first dim runs over heads
