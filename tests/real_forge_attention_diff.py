@@ -2,7 +2,7 @@
 Forge wrapper against each attention function of that real backend/attention.py (Forge's, or Forge Neo's) on random
 inputs, masks of every shape (2-D, 3-D with a first dim of 1, B, H and B * H, 4-D), both input layouts, both output
 layouts where the function takes skip_output_reshape, and q in tiles beside whole k and v (HyperTile). Prints one
-JSON line. Used by tests/test_forge_attention_real.py.
+JSON line. Used by tests/test_forge_forks_real.py.
 
 Only backend/attention.py (and what it imports from the checkout, such as Forge's sub-quadratic attention) is the
 host's own code: the modules it asks for settings (backend.memory_management, backend.args, backend.logging,

@@ -1,6 +1,6 @@
-"""For the host probes that run as scripts in the host's own process (tests/real_comfyui_attention_diff.py,
-tests/real_ldm_patched_attention_diff.py, the probe of tests/test_forge_real.py): each imports this after putting
-arcattn on its path."""
+"""Calls arcattn has served: for the host probes that run as scripts in the host's own process (the real-host diff
+scripts, the probe of tests/test_forge_real.py), which import this after putting arcattn on their path, and for
+the tests themselves."""
 import arcattn
 
 

@@ -16,6 +16,7 @@ from arcattn.backends.base import Backend
 from arcattn.backends.sdpa import SDPABackend
 from arcattn.dispatch import Router
 from arcattn.reference import attention_reference, rel_error
+from served_calls import served_total
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDINS = os.path.join(ROOT, "tests", "standins")
@@ -630,13 +631,9 @@ def test_patched_attention_under_torch_compile(comfy, rng):
         eager = layer(x)
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend="eager")
-
-    def served():
-        return sum(v["served"] for v in arcattn.telemetry().values())
-
     try:
         for setting, serves in ((None, 1), ((False, None), 0), (None, 1)):
-            before = served()
+            before = served_total()
             token = comfyui._model_setting.set(setting)
             try:
                 with torch.inference_mode():
@@ -646,7 +643,7 @@ def test_patched_attention_under_torch_compile(comfy, rng):
             assert rel_error(out, eager) < 1e-5
             # not counted through the stand-in's CALLS: dynamo's replay of that list's appends does not reach a
             # module re-imported for the next test
-            assert served() - before == serves
+            assert served_total() - before == serves
     finally:
         torch._dynamo.reset()
 
